@@ -1,0 +1,1 @@
+//! Object storage: S3-compatible servers and local directories behind one type.

@@ -1,0 +1,1 @@
+//! Reading SQLite WAL files.
