@@ -3,3 +3,13 @@
 pub mod ltx;
 pub mod object_store;
 pub mod wal;
+pub mod config;
+pub mod health;
+pub mod layout;
+pub mod manifest;
+pub mod pages;
+pub mod replicate;
+pub mod restore;
+pub mod app;
+pub mod signals;
+pub mod telemetry;

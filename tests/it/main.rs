@@ -1,1 +1,4 @@
-mod placeholder {}
+//! walfleet's black-box integration tests: ONE test binary, one module per area.
+//! Run them with `scripts/test.sh` (installs tools, builds the binaries, runs nextest).
+
+mod harness;

@@ -1,0 +1,137 @@
+//! The agent's local HTTP endpoint: `/healthz`, `/readyz` and Prometheus `/metrics`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::object_store::RequestCounts;
+
+/// Live figures of one replicated database.
+#[derive(Debug, Default)]
+pub struct DbMetrics {
+    pub name: String,
+    pub generation: AtomicU64,
+    pub local_txid: AtomicU64,
+    pub durable_txid: AtomicU64,
+    /// Wall-clock ms of the oldest captured transaction not yet durable (0: none).
+    pub oldest_pending_ms: AtomicI64,
+    pub pending_bytes: AtomicU64,
+    pub uploads: AtomicU64,
+    pub upload_errors: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub upload_blocked: AtomicBool,
+    pub ready: AtomicBool,
+}
+
+impl DbMetrics {
+    pub fn new(name: &str) -> Arc<DbMetrics> {
+        Arc::new(DbMetrics { name: name.to_string(), ..Default::default() })
+    }
+
+    pub fn lag_seconds(&self) -> f64 {
+        match self.oldest_pending_ms.load(Ordering::Relaxed) {
+            0 => 0.0,
+            t => ((chrono::Utc::now().timestamp_millis() - t).max(0) as f64) / 1000.0,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    dbs: Mutex<Vec<Arc<DbMetrics>>>,
+    stores: Mutex<Vec<RequestCounts>>,
+    /// Set once every database finished its start-up (restore, lease).
+    pub started: AtomicBool,
+}
+
+impl Registry {
+    pub fn add_db(&self, m: Arc<DbMetrics>) {
+        self.dbs.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+    }
+
+    pub fn add_store(&self, c: RequestCounts) {
+        self.stores.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+    }
+
+    pub fn dbs(&self) -> Vec<Arc<DbMetrics>> {
+        self.dbs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.started.load(Ordering::Relaxed) && self.dbs().iter().all(|d| d.ready.load(Ordering::Relaxed))
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let dbs = self.dbs();
+        let gauge = |s: &mut String, name: &str, help: &str, kind: &str, f: &dyn Fn(&DbMetrics) -> f64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for d in &dbs {
+                let _ = writeln!(s, "{name}{{db=\"{}\"}} {}", escape(&d.name), f(d));
+            }
+        };
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        gauge(&mut s, "walfleet_generation", "Generation this agent writes.", "gauge", &|d| ld(&d.generation));
+        gauge(&mut s, "walfleet_local_txid", "Newest transaction captured from the WAL.", "gauge", &|d| ld(&d.local_txid));
+        gauge(&mut s, "walfleet_durable_txid", "Newest transaction durable in object storage.", "gauge", &|d| {
+            ld(&d.durable_txid)
+        });
+        gauge(&mut s, "walfleet_lag_seconds", "Age of the oldest change not yet durable.", "gauge", &|d| d.lag_seconds());
+        gauge(&mut s, "walfleet_lag_bytes", "Bytes of committed changes not yet durable.", "gauge", &|d| {
+            ld(&d.pending_bytes)
+        });
+        gauge(&mut s, "walfleet_uploads_total", "LTX files uploaded.", "counter", &|d| ld(&d.uploads));
+        gauge(&mut s, "walfleet_upload_errors_total", "Failed upload attempts.", "counter", &|d| ld(&d.upload_errors));
+        gauge(&mut s, "walfleet_snapshots_total", "Whole-database transactions written.", "counter", &|d| {
+            ld(&d.snapshots)
+        });
+        gauge(&mut s, "walfleet_checkpoints_total", "Checkpoints run by the agent.", "counter", &|d| ld(&d.checkpoints));
+        gauge(&mut s, "walfleet_upload_blocked", "1 while object storage refuses uploads.", "gauge", &|d| {
+            f64::from(u8::from(d.upload_blocked.load(Ordering::Relaxed)))
+        });
+        let _ = writeln!(
+            s,
+            "# HELP walfleet_object_store_requests_total Requests sent to object storage.\n# TYPE walfleet_object_store_requests_total counter"
+        );
+        let stores = self.stores.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for kind in crate::object_store::RequestKind::ALL {
+            let n: u64 = stores.iter().map(|c| c.get(kind)).sum();
+            let _ = writeln!(s, "walfleet_object_store_requests_total{{kind=\"{}\"}} {n}", kind.as_str());
+        }
+        s
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, cancel: CancellationToken) -> Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(r): State<Arc<Registry>>| async move {
+                if r.ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .route("/metrics", get(|State(r): State<Arc<Registry>>| async move { r.render() }))
+        .with_state(registry);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind http {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving health and metrics");
+    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await?;
+    Ok(())
+}

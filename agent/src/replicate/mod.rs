@@ -1,0 +1,459 @@
+//! Replication of one database: claim a generation, give it a base, then ship every committed
+//! transaction as an LTX file, at most one upload per sync interval, none while idle.
+
+pub mod capture;
+pub mod state;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{TimeZone, Utc};
+use proto::model::{Generation, Txid};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::health::DbMetrics;
+use crate::layout;
+use crate::manifest::{self, Manifest, Parent, Position, Writer};
+use crate::object_store::{ObjectStore, ObjectStoreError, PutCondition, PutOptions};
+use crate::restore;
+use capture::{Capture, Captured, Outcome};
+
+#[derive(Clone, Debug)]
+pub struct ReplicateOptions {
+    pub sync_interval: Duration,
+    /// Checkpoint once this many WAL bytes were captured since the last one.
+    pub checkpoint_bytes: u64,
+    /// ... or this long after the last one, if anything was captured.
+    pub checkpoint_interval: Duration,
+    /// How long shutdown may spend shipping the final tail.
+    pub shutdown_timeout: Duration,
+    pub instance: String,
+}
+
+impl Default for ReplicateOptions {
+    fn default() -> Self {
+        ReplicateOptions {
+            sync_interval: Duration::from_secs(1),
+            checkpoint_bytes: 4 << 20,
+            checkpoint_interval: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(8),
+            instance: new_instance_id(),
+        }
+    }
+}
+
+pub fn new_instance_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// A local database that is not on the replica's lineage.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "database {db} is not on the replica's lineage: its checksum {local:016x} differs from the replica's \
+     position {txid} ({remote:016x}) and no local state proves it descends from it; restore it from the replica \
+     or move it aside"
+)]
+pub struct StaleDatabase {
+    pub db: String,
+    pub local: u64,
+    pub txid: Txid,
+    pub remote: u64,
+}
+
+pub struct DbReplicator {
+    pub db_path: PathBuf,
+    pub replica_url: String,
+    pub store: Arc<ObjectStore>,
+    pub opts: ReplicateOptions,
+    pub metrics: Arc<DbMetrics>,
+}
+
+type Shared = Arc<Mutex<Capture>>;
+
+async fn blocking<T: Send + 'static>(cap: &Shared, f: impl FnOnce(&mut Capture) -> Result<T> + Send + 'static) -> Result<T> {
+    let cap = cap.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = cap.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut c)
+    })
+    .await
+    .context("capture task")?
+}
+
+struct Session {
+    generation: Generation,
+    manifest: Manifest,
+    manifest_etag: Option<String>,
+    conditional: bool,
+    spool: VecDeque<Captured>,
+    durable: Txid,
+    durable_checksum: u64,
+}
+
+impl DbReplicator {
+    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let staging = state::dir_for(&self.db_path).join("staging");
+        let (db, st) = (self.db_path.clone(), staging.clone());
+        let cap = tokio::task::spawn_blocking(move || Capture::open(&db, &st)).await.context("open task")??;
+        let cap: Shared = Arc::new(Mutex::new(cap));
+        let mut session = self.start(&cap).await?;
+        self.metrics.ready.store(true, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let _watcher = watch_wal(&self.db_path, tx);
+        let mut last_upload: Option<Instant> = None;
+        let mut last_checkpoint = Instant::now();
+        let mut last_wal_stat = wal_stat(&self.db_path);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let idle = session.spool.is_empty();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = rx.recv() => {}
+                _ = tokio::time::sleep(if idle { Duration::from_secs(1) } else { backoff }) => {
+                    let now = wal_stat(&self.db_path);
+                    if idle && now == last_wal_stat {
+                        continue;
+                    }
+                }
+            }
+            last_wal_stat = wal_stat(&self.db_path);
+            // First commit after idle goes at once; under steady writes at most one upload
+            // per sync interval.
+            if let Some(t) = last_upload {
+                let wait = self.opts.sync_interval.saturating_sub(t.elapsed());
+                if !wait.is_zero() {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+            self.capture_all(&cap, &mut session).await?;
+            if !session.spool.is_empty() {
+                match self.upload_spool(&mut session).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(200);
+                        last_upload = Some(Instant::now());
+                    }
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), db = %self.metrics.name, "upload failed; will retry");
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                }
+            }
+            let since = blocking(&cap, |c| Ok(c.since_checkpoint)).await?;
+            if since >= self.opts.checkpoint_bytes
+                || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
+            {
+                if blocking(&cap, |c| c.checkpoint()).await? {
+                    self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    last_checkpoint = Instant::now();
+                }
+            }
+        }
+        self.shutdown(&cap, &mut session).await
+    }
+
+    /// Final flush and seal, bounded by the shutdown timeout.
+    async fn shutdown(&self, cap: &Shared, session: &mut Session) -> Result<()> {
+        let deadline = self.opts.shutdown_timeout;
+        let flush = async {
+            self.capture_all(cap, session).await?;
+            while !session.spool.is_empty() {
+                if let Err(e) = self.upload_spool(session).await {
+                    warn!(error = %format!("{e:#}"), "final upload failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            let mut m = session.manifest.clone();
+            m.sealed = Some(Position::new(session.durable, session.durable_checksum));
+            m.sealed_at = Some(Utc::now());
+            m.update(&self.store, session.manifest_etag.as_deref().filter(|_| session.conditional)).await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        match tokio::time::timeout(deadline, flush).await {
+            Ok(Ok(())) => {
+                info!(db = %self.metrics.name, txid = %session.durable, generation = %session.generation, "sealed generation");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.context("final flush")),
+            Err(_) => bail!("final flush did not finish within {deadline:?}; durable up to {}", session.durable),
+        }
+    }
+
+    async fn capture_all(&self, cap: &Shared, session: &mut Session) -> Result<()> {
+        loop {
+            match blocking(cap, |c| c.capture()).await? {
+                Outcome::Idle => break,
+                Outcome::Captured(c) => self.captured(session, c),
+                Outcome::Lost(reason) => {
+                    warn!(db = %self.metrics.name, %reason, "wal continuity lost; writing the whole database as the next transaction");
+                    let c = blocking(cap, |c| {
+                        let next = c.txid.next();
+                        let pre = c.checksum();
+                        c.capture_full(next, pre)
+                    })
+                    .await?;
+                    self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+                    self.captured(session, c);
+                }
+            }
+        }
+        let pending = blocking(cap, |c| Ok(c.pending_wal_bytes())).await?;
+        let spooled: u64 = session.spool.iter().map(|c| c.size).sum();
+        self.metrics.pending_bytes.store(pending + spooled, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn captured(&self, session: &mut Session, c: Captured) {
+        self.metrics.local_txid.store(c.txid.0, Ordering::Relaxed);
+        if session.spool.is_empty() {
+            self.metrics.oldest_pending_ms.store(c.timestamp_ms, Ordering::Relaxed);
+        }
+        session.spool.push_back(c);
+    }
+
+    async fn upload_spool(&self, session: &mut Session) -> Result<()> {
+        while let Some(c) = session.spool.front().cloned() {
+            let key = layout::ltx_key(
+                &self.store.backend(),
+                &layout::generation_prefix(session.generation),
+                0,
+                c.txid,
+                c.txid,
+            );
+            let ts = Utc.timestamp_millis_opt(c.timestamp_ms).single().unwrap_or_else(Utc::now);
+            let opts = PutOptions {
+                condition: if session.conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
+                timestamp: Some(ts),
+            };
+            match self.store.put_file(&key, &c.path, &opts).await {
+                Ok(_) => {}
+                // Already there from an attempt whose answer was lost: the same bytes.
+                Err(ObjectStoreError::PreconditionFailed { .. }) => {}
+                Err(e) => {
+                    self.metrics.upload_errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.upload_blocked.store(true, Ordering::Relaxed);
+                    return Err(anyhow::Error::from(e).context(format!("upload {key}")));
+                }
+            }
+            self.metrics.upload_blocked.store(false, Ordering::Relaxed);
+            self.metrics.uploads.fetch_add(1, Ordering::Relaxed);
+            session.spool.pop_front();
+            session.durable = c.txid;
+            session.durable_checksum = c.post_checksum;
+            self.metrics.durable_txid.store(c.txid.0, Ordering::Relaxed);
+            let _ = std::fs::remove_file(&c.path);
+            match session.spool.front() {
+                Some(n) => self.metrics.oldest_pending_ms.store(n.timestamp_ms, Ordering::Relaxed),
+                None => self.metrics.oldest_pending_ms.store(0, Ordering::Relaxed),
+            }
+        }
+        self.save_state(session)?;
+        Ok(())
+    }
+
+    fn save_state(&self, session: &Session) -> Result<()> {
+        // The cursor belongs to the newest captured transaction; it is only recorded when
+        // that transaction is the durable one.
+        let st = state::LocalState {
+            replica: self.replica_url.clone(),
+            generation: session.generation,
+            txid: session.durable,
+            checksum: format!("{:016x}", session.durable_checksum),
+            cursor: None,
+        };
+        state::save(&self.db_path, &st)
+    }
+
+    /// Claims a new generation and ships whatever the replica lacks of the local database.
+    async fn start(&self, cap: &Shared) -> Result<Session> {
+        let store = &self.store;
+        let conditional = store
+            .probe_conditional_writes(".walfleet-probe")
+            .await
+            .context("probe object store")?;
+        let top = store.list("", Some("/")).await.context("list replica root")?;
+        let gens = layout::generations(&top);
+        // The newest position on record: the newest generation with any history.
+        let mut latest: Option<(Generation, Txid, u64, Vec<layout::LtxObject>)> = None;
+        for g in gens.iter().rev() {
+            let base = layout::generation_prefix(*g);
+            let files = restore::list_generation(store, &base).await?;
+            let Some(txid) = restore::plan::latest(&files) else { continue };
+            let checksum = self.checksum_at(&files, txid).await?;
+            latest = Some((*g, txid, checksum, files));
+            break;
+        }
+        let scan = blocking(cap, |c| c.scan()).await?;
+        let generation = gens.last().map(|g| g.next()).unwrap_or(Generation(1));
+        let local = state::load(&self.db_path);
+        let (parent, first): (Option<Parent>, Option<(Txid, u64)>) = match &latest {
+            None => (None, None),
+            Some((g, txid, checksum, _)) => {
+                let parent = Parent { generation: *g, position: Position::new(*txid, *checksum) };
+                if scan.checksum == *checksum {
+                    (Some(parent), Some((*txid, *checksum)))
+                } else if local.as_ref().is_some_and(|s| {
+                    s.replica == self.replica_url && s.generation == *g && s.txid <= *txid
+                }) {
+                    info!(db = %self.metrics.name, "database changed while the agent was away; shipping it whole");
+                    (Some(parent), Some((*txid, *checksum)))
+                } else {
+                    return Err(StaleDatabase {
+                        db: self.db_path.display().to_string(),
+                        local: scan.checksum,
+                        txid: *txid,
+                        remote: *checksum,
+                    }
+                    .into());
+                }
+            }
+        };
+        let manifest = Manifest {
+            format: manifest::FORMAT,
+            generation,
+            base_txid: parent.as_ref().map(|p| p.position.txid).unwrap_or(Txid::ZERO),
+            parent,
+            page_size: scan.page_size,
+            writer: Writer {
+                instance: self.opts.instance.clone(),
+                host: hostname(),
+                pid: std::process::id(),
+                platform: platform_identity(),
+            },
+            created_at: Utc::now(),
+            sealed: None,
+            sealed_at: None,
+            reason: None,
+        };
+        let etag = manifest.claim(store, conditional).await?;
+        info!(db = %self.metrics.name, %generation, conditional, "claimed generation");
+        self.metrics.generation.store(generation.0, Ordering::Relaxed);
+        let mut session = Session {
+            generation,
+            manifest,
+            manifest_etag: etag,
+            conditional,
+            spool: VecDeque::new(),
+            durable: Txid::ZERO,
+            durable_checksum: 0,
+        };
+        match (first, &latest) {
+            (None, _) => {
+                let c = blocking(cap, |c| c.capture_full(Txid(1), 0)).await?;
+                self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+                self.captured(&mut session, c);
+            }
+            (Some((txid, checksum)), Some((g, _, _, files))) => {
+                self.copy_base(*g, files, txid, generation).await?;
+                session.durable = txid;
+                session.durable_checksum = checksum;
+                self.metrics.durable_txid.store(txid.0, Ordering::Relaxed);
+                self.metrics.local_txid.store(txid.0, Ordering::Relaxed);
+                let same = scan.checksum == checksum;
+                let c = blocking(cap, move |c| {
+                    c.txid = txid;
+                    if same {
+                        return Ok(None);
+                    }
+                    c.capture_full(txid.next(), checksum).map(Some)
+                })
+                .await?;
+                if let Some(c) = c {
+                    self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+                    self.captured(&mut session, c);
+                }
+            }
+            (Some(_), None) => unreachable_state()?,
+        }
+        self.upload_spool(&mut session).await?;
+        Ok(session)
+    }
+
+    /// The database checksum after `txid`, from the trailer of the file that ends there.
+    async fn checksum_at(&self, files: &[layout::LtxObject], txid: Txid) -> Result<u64> {
+        let f = files
+            .iter()
+            .filter(|f| f.max == txid)
+            .min_by_key(|f| f.level)
+            .context("no file ends at the replica's newest transaction")?;
+        let off = f.size.saturating_sub(crate::ltx::TRAILER_SIZE as u64);
+        let b = self.store.get_range(&f.key, off, crate::ltx::TRAILER_SIZE as u64).await?;
+        if b.len() < 8 {
+            bail!("object {} is too short to be an LTX file", f.key);
+        }
+        Ok(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    }
+
+    /// Gives the new generation its own base by server-side copies of the files that
+    /// restore the parent at `txid`: a generation prefix restores on its own.
+    async fn copy_base(&self, parent: Generation, files: &[layout::LtxObject], txid: Txid, to: Generation) -> Result<()> {
+        let from = layout::generation_prefix(parent);
+        let plan = restore::plan::plan(&from, files, Some(txid))?;
+        let dest = layout::generation_prefix(to);
+        for f in &plan {
+            let key = layout::ltx_key(&self.store.backend(), &dest, f.level, f.min, f.max);
+            let ts = self.store.head(&f.key).await?.and_then(|m| m.timestamp);
+            let opts = PutOptions { condition: PutCondition::None, timestamp: ts };
+            self.store.copy(&f.key, &key, &opts).await.with_context(|| format!("copy {} to {key}", f.key))?;
+        }
+        info!(files = plan.len(), %parent, %to, "copied base from parent generation");
+        Ok(())
+    }
+}
+
+fn unreachable_state() -> Result<()> {
+    bail!("internal error: a lineage position without a generation")
+}
+
+fn wal_stat(db: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    let m = std::fs::metadata(PathBuf::from(s)).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Wakes the loop when the WAL changes (inotify); the loop also polls once a second.
+fn watch_wal(db: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let dir = db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.paths.iter().any(|p| p.file_name() == wal.file_name()) {
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .ok()?;
+    w.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
+    Some(w)
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The platform's name for this instance, when it gives one.
+pub fn platform_identity() -> Option<String> {
+    for var in ["K_REVISION", "FLY_MACHINE_ID", "RAILWAY_REPLICA_ID", "HOSTNAME"] {
+        if let Ok(v) = std::env::var(var) {
+            if !v.is_empty() {
+                return Some(format!("{var}={v}"));
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,51 @@
+//! The agent's local notes about a database (`<db>-walfleet/state.json`): which replica and
+//! generation it last shipped to, the position it reached, and where in the WAL that was.
+//! They let a restarted agent prove that the database beside it is the one it replicated,
+//! even when the app kept writing while the agent was down. Written after every upload,
+//! atomically (temp file, fsync, rename).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use proto::model::{Generation, Txid};
+use serde::{Deserialize, Serialize};
+
+use crate::wal::WalCursor;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalState {
+    pub replica: String,
+    pub generation: Generation,
+    pub txid: Txid,
+    pub checksum: String,
+    pub cursor: Option<WalCursor>,
+}
+
+pub fn dir_for(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-walfleet");
+    PathBuf::from(s)
+}
+
+fn path_for(db: &Path) -> PathBuf {
+    dir_for(db).join("state.json")
+}
+
+pub fn load(db: &Path) -> Option<LocalState> {
+    let bytes = std::fs::read(path_for(db)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub fn save(db: &Path, state: &LocalState) -> Result<()> {
+    let path = path_for(db);
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec(state)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Restore: find the history that reaches the requested point, plan the files from one
+//! generation's listing (never a bucket-wide LIST), apply them, verify, and move the result
+//! into place atomically. The output path is never touched unless everything succeeded.
+
+mod apply;
+pub mod plan;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use proto::model::{Generation, Txid};
+
+use crate::layout::{self, LtxObject};
+use crate::manifest::Manifest;
+use crate::object_store::{Backend, ObjectStore};
+
+pub use apply::Applied;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Latest,
+    Txid(Txid),
+    Timestamp(DateTime<Utc>),
+}
+
+/// What a replica URL points at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A database root holding generations.
+    Root(Vec<Generation>),
+    /// One generation prefix, or a Litestream replica (LTX levels without generations).
+    Single,
+}
+
+pub async fn resolve(store: &ObjectStore) -> Result<Option<Source>> {
+    let top = store.list("", Some("/")).await.context("list replica root")?;
+    let gens = layout::generations(&top);
+    if !gens.is_empty() {
+        return Ok(Some(Source::Root(gens)));
+    }
+    let single = top.objects.iter().any(|o| o.key == layout::MANIFEST)
+        || top.common_prefixes.iter().any(|p| match store.backend() {
+            Backend::S3 => p.len() == 5 && p[..4].bytes().all(|b| b.is_ascii_hexdigit()),
+            Backend::File => p == "ltx/",
+        });
+    Ok(single.then_some(Source::Single))
+}
+
+pub async fn list_generation(store: &ObjectStore, base: &str) -> Result<Vec<LtxObject>> {
+    let listing = store.list(base, None).await.with_context(|| format!("list {}", if base.is_empty() { "replica" } else { base }))?;
+    Ok(layout::ltx_objects(&store.backend(), base, &listing))
+}
+
+/// The chosen history: a base prefix, its files, and the plan through them.
+#[derive(Debug)]
+pub struct Chosen {
+    pub base: String,
+    pub generation: Option<Generation>,
+    pub plan: Vec<LtxObject>,
+}
+
+impl Chosen {
+    pub fn txid(&self) -> Txid {
+        self.plan.last().map(|f| f.max).unwrap_or(Txid::ZERO)
+    }
+}
+
+/// Picks the generation and files that restore `target`.
+pub async fn choose(store: &ObjectStore, target: Target) -> Result<Chosen> {
+    let Some(source) = resolve(store).await? else {
+        bail!("no replica found at {}: it holds neither generations nor LTX files", store.describe());
+    };
+    let gens = match source {
+        Source::Single => {
+            let files = list_generation(store, "").await?;
+            let plan = plan_for(store, "", &files, target).await?;
+            return Ok(Chosen { base: String::new(), generation: None, plan });
+        }
+        Source::Root(gens) => gens,
+    };
+    // Walk back along the lineage of the newest generation that has any history.
+    let mut next: Option<Generation> = gens.last().copied();
+    let mut last_err: Option<anyhow::Error> = None;
+    let mut seen = 0;
+    while let Some(g) = next {
+        seen += 1;
+        if seen > gens.len() + 1 {
+            break;
+        }
+        let base = layout::generation_prefix(g);
+        let manifest = Manifest::load(store, g).await?;
+        let parent = manifest.as_ref().and_then(|m| m.parent.as_ref().map(|p| p.generation));
+        // A generation without a parent falls back to the next older one on disk.
+        let fallback = gens.iter().rev().find(|x| **x < g).copied();
+        next = parent.or(fallback);
+        let files = list_generation(store, &base).await?;
+        if files.is_empty() {
+            continue;
+        }
+        match plan_for(store, &base, &files, target).await {
+            Ok(plan) => return Ok(Chosen { base, generation: Some(g), plan }),
+            Err(e) => {
+                if target == Target::Latest {
+                    return Err(e);
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no generation under {} holds any history", store.describe())))
+}
+
+async fn plan_for(store: &ObjectStore, base: &str, files: &[LtxObject], target: Target) -> Result<Vec<LtxObject>> {
+    let txid = match target {
+        Target::Latest => None,
+        Target::Txid(t) => Some(t),
+        Target::Timestamp(ts) => Some(txid_at(store, files, ts).await?),
+    };
+    Ok(plan::plan(base, files, txid)?)
+}
+
+/// The newest transaction boundary at or before `ts`, found by binary search over the files'
+/// headers (timestamps grow with transaction IDs), one ranged GET per probe.
+async fn txid_at(store: &ObjectStore, files: &[LtxObject], ts: DateTime<Utc>) -> Result<Txid> {
+    let mut ends: Vec<&LtxObject> = files.iter().collect();
+    ends.sort_by_key(|f| (f.max, std::cmp::Reverse(f.level)));
+    ends.dedup_by_key(|f| f.max);
+    let want = ts.timestamp_millis();
+    let (mut lo, mut hi) = (0usize, ends.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let f = ends[mid];
+        let b = store.get_range(&f.key, 0, crate::ltx::HEADER_SIZE as u64).await.with_context(|| format!("read header of {}", f.key))?;
+        let h = crate::ltx::Header::from_bytes(&b).with_context(|| format!("object {} is not an LTX file", f.key))?;
+        if h.timestamp_ms <= want {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == 0 {
+        bail!("no restore point at or before {}", ts.to_rfc3339());
+    }
+    Ok(ends[lo - 1].max)
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub output: PathBuf,
+    pub target: Target,
+    pub if_db_not_exists: bool,
+    pub if_replica_exists: bool,
+    pub integrity_check: bool,
+}
+
+#[derive(Debug)]
+pub enum RestoreOutcome {
+    Restored { applied: Applied, generation: Option<Generation> },
+    SkippedDbExists,
+    SkippedNoReplica,
+}
+
+pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<RestoreOutcome> {
+    if opts.output.exists() {
+        if opts.if_db_not_exists {
+            return Ok(RestoreOutcome::SkippedDbExists);
+        }
+        bail!("output {} already exists; restore never overwrites a file", opts.output.display());
+    }
+    if opts.if_replica_exists && resolve(&store).await?.is_none() {
+        return Ok(RestoreOutcome::SkippedNoReplica);
+    }
+    let chosen = choose(&store, opts.target).await?;
+    let tmp = tmp_path(&opts.output);
+    let _ = std::fs::remove_file(&tmp);
+    if let Some(dir) = opts.output.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+    }
+    let result = async {
+        let applied = apply::apply(store.clone(), chosen.plan, &tmp).await?;
+        if opts.integrity_check {
+            let t = tmp.clone();
+            tokio::task::spawn_blocking(move || integrity_check(&t)).await??;
+        }
+        Ok::<_, anyhow::Error>(applied)
+    }
+    .await;
+    let applied = match result {
+        Ok(a) => a,
+        Err(e) => {
+            remove_with_sidecars(&tmp);
+            return Err(e);
+        }
+    };
+    if opts.output.exists() {
+        remove_with_sidecars(&tmp);
+        bail!("output {} appeared during the restore; left it untouched", opts.output.display());
+    }
+    std::fs::rename(&tmp, &opts.output).with_context(|| format!("move restored database to {}", opts.output.display()))?;
+    if let Some(dir) = opts.output.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).context("fsync output directory")?;
+    }
+    Ok(RestoreOutcome::Restored { applied, generation: chosen.generation })
+}
+
+fn tmp_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".walfleet-restore.tmp");
+    PathBuf::from(s)
+}
+
+fn remove_with_sidecars(p: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(s));
+    }
+}
+
+/// `PRAGMA integrity_check` on a database file, read-only so nothing next to it changes.
+pub fn integrity_check(path: &Path) -> Result<()> {
+    let c = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("open {} for integrity check", path.display()))?;
+    // A WAL-mode header makes a read-only open look for a -wal file; immutable avoids that.
+    drop(c);
+    let uri = format!("file:{}?immutable=1", path.display());
+    let c = rusqlite::Connection::open_with_flags(
+        uri,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    let mut stmt = c.prepare("PRAGMA integrity_check")?;
+    let rows: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    if rows != ["ok"] {
+        bail!("integrity check of the restored database failed: {}", rows.join("; "));
+    }
+    Ok(())
+}

