@@ -38,7 +38,11 @@ pub async fn replicate(cfg: ReplicateConfig, cancel: CancellationToken) -> Resul
             db_path: db.path.clone(),
             replica_url: db.replica_url.clone(),
             store,
-            opts: ReplicateOptions { sync_interval: cfg.sync_interval, ..ReplicateOptions::default() },
+            opts: ReplicateOptions {
+                sync_interval: cfg.sync_interval,
+                platform: crate::config::platform_identity(),
+                ..ReplicateOptions::default()
+            },
             metrics,
         };
         info!(db = %db.name, path = %db.path.display(), replica = %db.replica_url, "replicating");
@@ -80,6 +84,7 @@ pub async fn restore_cmd(cfg: RestoreConfig) -> Result<i32> {
         if_db_not_exists: cfg.if_db_not_exists,
         if_replica_exists: cfg.if_replica_exists,
         integrity_check: cfg.integrity_check,
+        replica_url: Some(cfg.replica_url.clone()),
     };
     let started = std::time::Instant::now();
     match restore::restore(store, &opts).await? {

@@ -245,7 +245,7 @@ impl RestoreArgs {
 
 fn load_file(path: &Path) -> Result<FileConfig> {
     let raw = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
-    let expanded = expand_env(&raw, |k| env(k)).with_context(|| format!("expand variables in {}", path.display()))?;
+    let expanded = expand_env(&raw, env).with_context(|| format!("expand variables in {}", path.display()))?;
     toml::from_str(&expanded).with_context(|| format!("parse config {}", path.display()))
 }
 
@@ -266,6 +266,13 @@ pub fn expand_env(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The platform's name for this instance, when it gives one.
+pub fn platform_identity() -> Option<String> {
+    ["K_REVISION", "FLY_MACHINE_ID", "RAILWAY_REPLICA_ID", "HOSTNAME"]
+        .iter()
+        .find_map(|var| env(var).map(|v| format!("{var}={v}")))
 }
 
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {

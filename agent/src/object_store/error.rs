@@ -72,7 +72,11 @@ impl ObjectStoreError {
     }
 
     pub(crate) fn io(op: &'static str, key: &str, source: io::Error) -> ObjectStoreError {
-        ObjectStoreError::Io { op, key: key.to_string(), source }
+        ObjectStoreError::Io {
+            op,
+            key: key.to_string(),
+            source,
+        }
     }
 
     pub(crate) fn other(
@@ -81,7 +85,12 @@ impl ObjectStoreError {
         source: impl Into<BoxError>,
         retryable: bool,
     ) -> ObjectStoreError {
-        ObjectStoreError::Other { op, key: key.to_string(), source: source.into(), retryable }
+        ObjectStoreError::Other {
+            op,
+            key: key.to_string(),
+            source: source.into(),
+            retryable,
+        }
     }
 }
 

@@ -36,7 +36,11 @@ pub struct FileStore {
 impl FileStore {
     /// A store rooted at `root`, an absolute path; the directory is created on the first write.
     pub fn new(root: PathBuf) -> FileStore {
-        FileStore { root, counts: RequestCounts::default(), if_match_lock: Arc::default() }
+        FileStore {
+            root,
+            counts: RequestCounts::default(),
+            if_match_lock: Arc::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -85,8 +89,10 @@ impl FileStore {
             let mut input = File::open(&source)
                 .map_err(|err| ObjectStoreError::io("put_file: open source", &owned_key, err))?;
             let modified = opts.timestamp.map(SystemTime::from);
-            let tmp = write_temp(&root, &path, modified, |file| io::copy(&mut input, file).map(drop))
-                .map_err(|err| ObjectStoreError::io("put_file", &owned_key, err))?;
+            let tmp = write_temp(&root, &path, modified, |file| {
+                io::copy(&mut input, file).map(drop)
+            })
+            .map_err(|err| ObjectStoreError::io("put_file", &owned_key, err))?;
             install(&tmp, &path, &opts.condition, &lock, "put_file", &owned_key)
         })
         .await
@@ -134,9 +140,13 @@ impl FileStore {
     ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, ObjectStoreError> {
         self.counts.record(RequestKind::Get);
         let io_err = |err| not_found_or_io("get_stream", key, err);
-        let file = tokio::fs::File::open(self.path(key)).await.map_err(io_err)?;
+        let file = tokio::fs::File::open(self.path(key))
+            .await
+            .map_err(io_err)?;
         if !file.metadata().await.map_err(io_err)?.is_file() {
-            return Err(ObjectStoreError::NotFound { key: key.to_string() });
+            return Err(ObjectStoreError::NotFound {
+                key: key.to_string(),
+            });
         }
         Ok(Box::new(file))
     }
@@ -209,14 +219,18 @@ impl FileStore {
             let mut input = File::open(&src_path).map_err(src_err)?;
             let src_meta = input.metadata().map_err(src_err)?;
             if !src_meta.is_file() {
-                return Err(ObjectStoreError::NotFound { key: owned_src.clone() });
+                return Err(ObjectStoreError::NotFound {
+                    key: owned_src.clone(),
+                });
             }
             let modified = match opts.timestamp {
                 Some(timestamp) => Some(SystemTime::from(timestamp)),
                 None => src_meta.modified().ok(),
             };
-            let tmp = write_temp(&root, &path, modified, |file| io::copy(&mut input, file).map(drop))
-                .map_err(|err| ObjectStoreError::io("copy", &owned_dst, err))?;
+            let tmp = write_temp(&root, &path, modified, |file| {
+                io::copy(&mut input, file).map(drop)
+            })
+            .map_err(|err| ObjectStoreError::io("copy", &owned_dst, err))?;
             install(&tmp, &path, &opts.condition, &lock, "copy", &owned_dst).map(drop)
         })
         .await
@@ -227,7 +241,13 @@ impl FileStore {
         key: &str,
         opts: &PutOptions,
     ) -> (PathBuf, PathBuf, Arc<Mutex<()>>, PutOptions, String) {
-        (self.root.clone(), self.path(key), self.if_match_lock.clone(), opts.clone(), key.to_string())
+        (
+            self.root.clone(),
+            self.path(key),
+            self.if_match_lock.clone(),
+            opts.clone(),
+            key.to_string(),
+        )
     }
 }
 
@@ -243,12 +263,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn is_not_found(err: &io::Error) -> bool {
-    matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+    matches!(
+        err.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 fn not_found_or_io(op: &'static str, key: &str, err: io::Error) -> ObjectStoreError {
     if is_not_found(&err) || err.kind() == io::ErrorKind::IsADirectory {
-        ObjectStoreError::NotFound { key: key.to_string() }
+        ObjectStoreError::NotFound {
+            key: key.to_string(),
+        }
     } else {
         ObjectStoreError::io(op, key, err)
     }
@@ -280,7 +305,9 @@ fn write_temp(
     modified: Option<SystemTime>,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<PathBuf> {
-    let dir = dst.parent().ok_or_else(|| io::Error::other("the key has no parent directory"))?;
+    let dir = dst
+        .parent()
+        .ok_or_else(|| io::Error::other("the key has no parent directory"))?;
     let mut attempts = 0;
     let (tmp, mut file) = loop {
         create_dirs_durably(root, dir)?;
@@ -317,7 +344,9 @@ fn install(
     key: &str,
 ) -> Result<Option<String>, ObjectStoreError> {
     let io_err = |err| ObjectStoreError::io(op, key, err);
-    let precondition_failed = || ObjectStoreError::PreconditionFailed { key: key.to_string() };
+    let precondition_failed = || ObjectStoreError::PreconditionFailed {
+        key: key.to_string(),
+    };
     let result = match condition {
         PutCondition::None => fs::rename(tmp, dst).map_err(io_err),
         PutCondition::IfNoneMatch => match fs::hard_link(tmp, dst) {

@@ -98,7 +98,10 @@ pub struct PutOptions {
 
 impl PutOptions {
     pub fn if_none_match() -> PutOptions {
-        PutOptions { condition: PutCondition::IfNoneMatch, timestamp: None }
+        PutOptions {
+            condition: PutCondition::IfNoneMatch,
+            timestamp: None,
+        }
     }
 
     pub fn with_timestamp(mut self, timestamp: DateTime<Utc>) -> PutOptions {
@@ -161,7 +164,10 @@ impl RequestCounts {
 
     /// All kinds with their counts, in [`RequestKind::ALL`] order.
     pub fn snapshot(&self) -> Vec<(RequestKind, u64)> {
-        RequestKind::ALL.iter().map(|&kind| (kind, self.get(kind))).collect()
+        RequestKind::ALL
+            .iter()
+            .map(|&kind| (kind, self.get(kind)))
+            .collect()
     }
 
     pub(crate) fn record(&self, kind: RequestKind) {
@@ -187,7 +193,9 @@ impl ObjectStore {
     ) -> Result<ObjectStore, ObjectStoreError> {
         match store_url::parse(url)? {
             store_url::StoreUrl::File { root } => Ok(ObjectStore::File(FileStore::new(root))),
-            store_url::StoreUrl::S3(s3_url) => Ok(ObjectStore::S3(S3Store::new(s3_url, settings).await?)),
+            store_url::StoreUrl::S3(s3_url) => {
+                Ok(ObjectStore::S3(S3Store::new(s3_url, settings).await?))
+            }
         }
     }
 
@@ -344,7 +352,10 @@ impl ObjectStore {
     /// Puts `probe_key` twice with `If-None-Match: *` (after deleting a leftover probe) and
     /// deletes it afterwards. `true` means conditional creates are honoured one at a time; it
     /// says nothing about atomicity under races (s3s-fs honours them but is not atomic).
-    pub async fn probe_conditional_writes(&self, probe_key: &str) -> Result<bool, ObjectStoreError> {
+    pub async fn probe_conditional_writes(
+        &self,
+        probe_key: &str,
+    ) -> Result<bool, ObjectStoreError> {
         validate_key(probe_key)?;
         let opts = PutOptions::if_none_match();
         let body = Bytes::from_static(b"walfleet conditional write probe\n");
@@ -383,7 +394,9 @@ pub fn format_timestamp(timestamp: DateTime<Utc>) -> String {
 
 /// Parses any RFC 3339 timestamp into UTC.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Etags compare without their quotes: servers return them quoted, Ceph RGW only honours
@@ -391,5 +404,7 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
 pub(crate) fn unquote_etag(etag: &str) -> &str {
     let etag = etag.trim();
     let etag = etag.strip_prefix("W/").unwrap_or(etag);
-    etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag)
+    etag.strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .unwrap_or(etag)
 }

@@ -59,7 +59,10 @@ impl fmt::Debug for S3Credentials {
         f.debug_struct("S3Credentials")
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -80,7 +83,11 @@ impl S3Settings {
     /// Endpoint from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, region from `AWS_REGION` or
     /// `AWS_DEFAULT_REGION`; credentials from the default chain when the store is opened.
     pub fn from_env() -> S3Settings {
-        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        };
         S3Settings {
             credentials: None,
             endpoint: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
@@ -102,12 +109,17 @@ pub struct S3Store {
 
 impl fmt::Debug for S3Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Store").field("url", &self.describe()).finish()
+        f.debug_struct("S3Store")
+            .field("url", &self.describe())
+            .finish()
     }
 }
 
 impl S3Store {
-    pub(crate) async fn new(url: S3Url, settings: &S3Settings) -> Result<S3Store, ObjectStoreError> {
+    pub(crate) async fn new(
+        url: S3Url,
+        settings: &S3Settings,
+    ) -> Result<S3Store, ObjectStoreError> {
         let endpoint = match url.endpoint {
             Some(endpoint) => Some(endpoint),
             None => settings
@@ -123,7 +135,11 @@ impl S3Store {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.clone()))
             .retry_config(RetryConfig::standard())
-            .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .build(),
+            )
             .force_path_style(url.force_path_style.unwrap_or(endpoint.is_some()));
         config = match &settings.credentials {
             Some(creds) => config.credentials_provider(Credentials::new(
@@ -200,7 +216,10 @@ impl S3Store {
             request = request.metadata(TIMESTAMP_METADATA_KEY, format_timestamp(timestamp));
         }
         let request = with_condition!(request, &opts.condition);
-        let out = request.send().await.map_err(|err| map_sdk_error("put", key, err))?;
+        let out = request
+            .send()
+            .await
+            .map_err(|err| condition_lost(map_sdk_error("put", key, err), &opts.condition))?;
         Ok(non_empty(out.e_tag()))
     }
 
@@ -219,11 +238,17 @@ impl S3Store {
         if opts.condition == PutCondition::IfNoneMatch && self.head(key).await?.is_some() {
             // Fail before uploading; the completing request carries the condition too, but
             // some servers (Ceph RGW) ignore it there.
-            return Err(ObjectStoreError::PreconditionFailed { key: key.to_string() });
+            return Err(ObjectStoreError::PreconditionFailed {
+                key: key.to_string(),
+            });
         }
         let file = std::fs::File::open(path).map_err(io_err)?;
         let full_key = self.full_key(key);
-        let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(&full_key);
+        let mut create = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full_key);
         if let Some(timestamp) = opts.timestamp {
             create = create.metadata(TIMESTAMP_METADATA_KEY, format_timestamp(timestamp));
         }
@@ -232,10 +257,20 @@ impl S3Store {
             .send()
             .await
             .map_err(|err| map_sdk_error("create multipart upload", key, err))?;
-        let upload_id = created.upload_id().filter(|id| !id.is_empty()).ok_or_else(|| {
-            ObjectStoreError::other("create multipart upload", key, "no upload id in the response", false)
-        })?;
-        let result = self.upload_parts(key, &full_key, upload_id, Arc::new(file), size, opts).await;
+        let upload_id = created
+            .upload_id()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| {
+                ObjectStoreError::other(
+                    "create multipart upload",
+                    key,
+                    "no upload id in the response",
+                    false,
+                )
+            })?;
+        let result = self
+            .upload_parts(key, &full_key, upload_id, Arc::new(file), size, opts)
+            .await;
         if result.is_err() {
             self.counts.record(RequestKind::Delete);
             let abort = self
@@ -275,7 +310,8 @@ impl S3Store {
                         .await
                         .map_err(|err| ObjectStoreError::io("put_file: read source", key, err))?;
                     let part_number = i32::try_from(index + 1).unwrap_or(i32::MAX);
-                    self.upload_part(key, full_key, upload_id, part_number, body).await
+                    self.upload_part(key, full_key, upload_id, part_number, body)
+                        .await
                 }
             })
             .buffer_unordered(MULTIPART_MAX_IN_FLIGHT)
@@ -288,13 +324,19 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(full_key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            );
         let request = with_condition!(request, &opts.condition);
         self.counts.record(RequestKind::Put);
-        let out = request
-            .send()
-            .await
-            .map_err(|err| map_sdk_error("complete multipart upload", key, err))?;
+        let out = request.send().await.map_err(|err| {
+            condition_lost(
+                map_sdk_error("complete multipart upload", key, err),
+                &opts.condition,
+            )
+        })?;
         // Ceph RGW answers with an empty ETag.
         Ok(non_empty(out.e_tag()))
     }
@@ -324,7 +366,10 @@ impl S3Store {
             let message = format!("the server returned no etag for part {part_number}");
             ObjectStoreError::other("upload part", key, message, false)
         })?;
-        Ok(CompletedPart::builder().part_number(part_number).e_tag(etag).build())
+        Ok(CompletedPart::builder()
+            .part_number(part_number)
+            .e_tag(etag)
+            .build())
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Bytes, ObjectStoreError> {
@@ -337,7 +382,11 @@ impl S3Store {
             .send()
             .await
             .map_err(|err| map_sdk_error("get", key, err))?;
-        let body = out.body.collect().await.map_err(|err| ObjectStoreError::other("get", key, err, true))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|err| ObjectStoreError::other("get", key, err, true))?;
         Ok(body.into_bytes())
     }
 
@@ -376,8 +425,12 @@ impl S3Store {
             return Ok(body);
         }
         // The server ignored the Range header and sent the whole object.
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(body.len());
-        let end = usize::try_from(last.saturating_add(1)).unwrap_or(usize::MAX).min(body.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(body.len());
+        let end = usize::try_from(last.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(body.len());
         Ok(body.slice(start..end))
     }
 
@@ -399,8 +452,13 @@ impl S3Store {
 
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectStoreError> {
         self.counts.record(RequestKind::Head);
-        let result =
-            self.client.head_object().bucket(&self.bucket).key(self.full_key(key)).send().await;
+        let result = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await;
         let out = match result.map_err(|err| map_sdk_error("head", key, err)) {
             Ok(out) => out,
             Err(ObjectStoreError::NotFound { .. }) => return Ok(None),
@@ -412,9 +470,14 @@ impl S3Store {
             .and_then(|text| parse_timestamp(text));
         Ok(Some(ObjectMeta {
             key: key.to_string(),
-            size: out.content_length().and_then(|len| u64::try_from(len).ok()).unwrap_or(0),
+            size: out
+                .content_length()
+                .and_then(|len| u64::try_from(len).ok())
+                .unwrap_or(0),
             etag: non_empty(out.e_tag()),
-            last_modified: out.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+            last_modified: out
+                .last_modified()
+                .and_then(|t| SystemTime::try_from(*t).ok()),
             timestamp,
         }))
     }
@@ -439,16 +502,24 @@ impl S3Store {
                 request = request.continuation_token(token);
             }
             self.counts.record(RequestKind::List);
-            let out = request.send().await.map_err(|err| map_sdk_error("list", prefix, err))?;
+            let out = request
+                .send()
+                .await
+                .map_err(|err| map_sdk_error("list", prefix, err))?;
             for object in out.contents() {
                 let Some(key) = object.key().and_then(|full| self.relative(full)) else {
                     continue;
                 };
                 listing.objects.push(ObjectMeta {
                     key: key.to_string(),
-                    size: object.size().and_then(|size| u64::try_from(size).ok()).unwrap_or(0),
+                    size: object
+                        .size()
+                        .and_then(|size| u64::try_from(size).ok())
+                        .unwrap_or(0),
                     etag: non_empty(object.e_tag()),
-                    last_modified: object.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
+                    last_modified: object
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
                     timestamp: None,
                 });
             }
@@ -479,8 +550,11 @@ impl S3Store {
                 .map(|key| ObjectIdentifier::builder().key(self.full_key(key)).build())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(build_err)?;
-            let delete =
-                Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(build_err)?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(build_err)?;
             self.counts.record(RequestKind::Delete);
             let out = self
                 .client
@@ -490,15 +564,24 @@ impl S3Store {
                 .send()
                 .await
                 .map_err(|err| map_sdk_error("delete", first, err))?;
-            let failed = out.errors().iter().find(|err| err.code() != Some("NoSuchKey"));
+            let failed = out
+                .errors()
+                .iter()
+                .find(|err| err.code() != Some("NoSuchKey"));
             if let Some(failed) = failed {
                 let full = failed.key().unwrap_or_default();
                 let key = self.relative(full).unwrap_or(full);
                 let code = failed.code().unwrap_or("unknown");
-                let message =
-                    format!("{code}: {}", failed.message().unwrap_or("no message from the server"));
+                let message = format!(
+                    "{code}: {}",
+                    failed.message().unwrap_or("no message from the server")
+                );
                 if matches!(code, "AccessDenied" | "AllAccessDisabled") {
-                    return Err(ObjectStoreError::Auth { op: "delete", key: key.to_string(), message });
+                    return Err(ObjectStoreError::Auth {
+                        op: "delete",
+                        key: key.to_string(),
+                        message,
+                    });
                 }
                 let retryable = status_is_retryable(0, Some(code));
                 return Err(ObjectStoreError::other("delete", key, message, retryable));
@@ -514,7 +597,11 @@ impl S3Store {
         opts: &PutOptions,
     ) -> Result<(), ObjectStoreError> {
         self.counts.record(RequestKind::Copy);
-        let source = format!("{}/{}", self.bucket, percent_encode_path(&self.full_key(src_key)));
+        let source = format!(
+            "{}/{}",
+            self.bucket,
+            percent_encode_path(&self.full_key(src_key))
+        );
         let mut request = self
             .client
             .copy_object()
@@ -527,17 +614,31 @@ impl S3Store {
                 .metadata(TIMESTAMP_METADATA_KEY, format_timestamp(timestamp));
         }
         let request = with_condition!(request, &opts.condition);
-        match request.send().await.map_err(|err| map_sdk_error("copy", dst_key, err)) {
+        match request
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("copy", dst_key, err))
+        {
             Ok(_) => Ok(()),
             // Only the source can be missing.
-            Err(ObjectStoreError::NotFound { .. }) => {
-                Err(ObjectStoreError::NotFound { key: src_key.to_string() })
-            }
+            Err(ObjectStoreError::NotFound { .. }) => Err(ObjectStoreError::NotFound {
+                key: src_key.to_string(),
+            }),
             Err(err) => Err(err),
         }
     }
 }
 
+/// AWS answers `If-Match` on a missing key with 404; for the caller both mean "not the version
+/// you read".
+fn condition_lost(err: ObjectStoreError, condition: &PutCondition) -> ObjectStoreError {
+    match (err, condition) {
+        (ObjectStoreError::NotFound { key }, PutCondition::IfMatch(_)) => {
+            ObjectStoreError::PreconditionFailed { key }
+        }
+        (err, _) => err,
+    }
+}
 
 fn non_empty(value: Option<&str>) -> Option<String> {
     value.filter(|v| !v.is_empty()).map(str::to_string)
@@ -554,7 +655,8 @@ async fn read_at(file: Arc<std::fs::File>, offset: u64, len: u64) -> std::io::Re
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
     let read = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
+        file.read_exact_at(&mut buf, offset)
+            .map(|()| Bytes::from(buf))
     })
     .await;
     read.map_err(std::io::Error::other)?
@@ -585,8 +687,12 @@ where
             let status = ctx.raw().status().as_u16();
             let code = ctx.err().code().map(str::to_string);
             let message = ctx.err().message().unwrap_or("no message").to_string();
-            let request_id =
-                ctx.raw().headers().get("x-amz-request-id").unwrap_or("none").to_string();
+            let request_id = ctx
+                .raw()
+                .headers()
+                .get("x-amz-request-id")
+                .unwrap_or("none")
+                .to_string();
             match (status, code.as_deref()) {
                 (404, Some("NoSuchBucket")) => ObjectStoreError::other(
                     op,
@@ -594,9 +700,13 @@ where
                     format!("bucket does not exist: {message} (HTTP 404 NoSuchBucket)"),
                     false,
                 ),
-                (404, _) => ObjectStoreError::NotFound { key: key.to_string() },
+                (404, _) => ObjectStoreError::NotFound {
+                    key: key.to_string(),
+                },
                 (412, _) | (_, Some("PreconditionFailed")) => {
-                    ObjectStoreError::PreconditionFailed { key: key.to_string() }
+                    ObjectStoreError::PreconditionFailed {
+                        key: key.to_string(),
+                    }
                 }
                 (401 | 403, _) => ObjectStoreError::Auth {
                     op,
@@ -622,7 +732,11 @@ where
             let text = described();
             if failure.is_other() && text.0.contains("credentials") {
                 // Credentials could not be loaded: a configuration problem.
-                return ObjectStoreError::Auth { op, key: key.to_string(), message: text.0 };
+                return ObjectStoreError::Auth {
+                    op,
+                    key: key.to_string(),
+                    message: text.0,
+                };
             }
             ObjectStoreError::other(op, key, text, !failure.is_user())
         }

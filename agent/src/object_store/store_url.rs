@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use super::key::validate_prefix;
 use super::ObjectStoreError;
 
-const USAGE: &str = "use file:///abs/dir or s3://bucket/prefix[?endpoint=URL&region=R&forcePathStyle=true]";
+const USAGE: &str =
+    "use file:///abs/dir or s3://bucket/prefix[?endpoint=URL&region=R&forcePathStyle=true]";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum StoreUrl {
@@ -25,7 +26,11 @@ pub(crate) struct S3Url {
 }
 
 pub(crate) fn parse(url: &str) -> Result<StoreUrl, ObjectStoreError> {
-    let invalid = |what: String| Err(ObjectStoreError::InvalidUrl(format!("{what} in {url:?}; {USAGE}")));
+    let invalid = |what: String| {
+        Err(ObjectStoreError::InvalidUrl(format!(
+            "{what} in {url:?}; {USAGE}"
+        )))
+    };
     let trimmed = url.trim();
     let Some((scheme, rest)) = trimmed.split_once("://") else {
         return invalid("no scheme".to_string());
@@ -46,7 +51,10 @@ fn parse_file(rest: &str) -> Result<StoreUrl, String> {
     }
     let path = if rest.starts_with('/') {
         rest
-    } else if let Some(path) = rest.strip_prefix("localhost").filter(|p| p.starts_with('/')) {
+    } else if let Some(path) = rest
+        .strip_prefix("localhost")
+        .filter(|p| p.starts_with('/'))
+    {
         path
     } else {
         let host = rest.split('/').next().unwrap_or(rest);
@@ -58,7 +66,9 @@ fn parse_file(rest: &str) -> Result<StoreUrl, String> {
     if path.contains('\0') {
         return Err("the path contains a NUL byte".to_string());
     }
-    Ok(StoreUrl::File { root: PathBuf::from(path) })
+    Ok(StoreUrl::File {
+        root: PathBuf::from(path),
+    })
 }
 
 fn parse_s3(rest: &str) -> Result<StoreUrl, String> {
@@ -68,15 +78,19 @@ fn parse_s3(rest: &str) -> Result<StoreUrl, String> {
     };
     let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
     if bucket.contains('@') {
-        return Err("credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
+        return Err(
+            "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
                     AWS_SECRET_ACCESS_KEY"
-            .to_string());
+                .to_string(),
+        );
     }
     if bucket.is_empty() {
         return Err("the bucket name is missing".to_string());
     }
     if bucket.len() > 255
-        || !bucket.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        || !bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
     {
         return Err(format!(
             "bucket name {bucket:?} may only contain letters, digits, '.', '-' and '_'"
@@ -89,7 +103,11 @@ fn parse_s3(rest: &str) -> Result<StoreUrl, String> {
     }
     let mut parsed = S3Url {
         bucket: bucket.to_string(),
-        prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
+        prefix: if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        },
         ..S3Url::default()
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -106,7 +124,11 @@ fn parse_s3(rest: &str) -> Result<StoreUrl, String> {
                 let flag = match value.to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" => true,
                     "false" | "0" | "no" => false,
-                    _ => return Err(format!("forcePathStyle must be true or false, got {value:?}")),
+                    _ => {
+                        return Err(format!(
+                            "forcePathStyle must be true or false, got {value:?}"
+                        ))
+                    }
                 };
                 set_once(&mut parsed.force_path_style, &name, flag)?;
             }
@@ -130,7 +152,7 @@ fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), String>
 
 /// Checks an S3 endpoint URL and drops its trailing `/`.
 pub(crate) fn parse_endpoint(endpoint: &str) -> Result<String, String> {
-    let endpoint = endpoint.trim().trim_end_matches('/');
+    let endpoint = endpoint.trim();
     let host = endpoint
         .strip_prefix("http://")
         .or_else(|| endpoint.strip_prefix("https://"))
@@ -138,7 +160,7 @@ pub(crate) fn parse_endpoint(endpoint: &str) -> Result<String, String> {
     if host.is_empty() || host.starts_with('/') {
         return Err(format!("endpoint {endpoint:?} has no host"));
     }
-    Ok(endpoint.to_string())
+    Ok(endpoint.trim_end_matches('/').to_string())
 }
 
 /// An endpoint with any `user:password@` removed, for logs.

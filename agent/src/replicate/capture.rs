@@ -13,10 +13,15 @@
 //! - Any other change (other salts, a shorter file, a rewritten frame at our cursor) means
 //!   frames may have been checkpointed behind our back: we write the whole database as the
 //!   next transaction and say why.
+//!
+//! Files are written exactly as Litestream 0.5 writes them: flagged "no checksum", with zero
+//! pre- and post-apply checksums (Litestream's own restore refuses files that carry them).
+//! Each file is still covered by its CRC-64; the database checksum is kept here, page by
+//! page, and recorded in the local state, the manifest seal and the metrics instead.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +56,9 @@ pub struct Scan {
     pub checksum: u64,
     pub cursor: Option<WalCursor>,
 }
+
+/// Receives every page of a full read, in order.
+type PageSink<'a> = dyn FnMut(u32, &[u8]) -> Result<()> + 'a;
 
 pub struct Capture {
     /// Opened once and kept: closing any descriptor of the database file would drop every
@@ -141,7 +149,7 @@ impl Capture {
     /// Reads the whole current state (database file overlaid with every committed WAL frame)
     /// into the page checksums, and puts the cursor at the end of the log. Calls `page` for
     /// every page in order when given (to write a full LTX file).
-    fn scan_into(&mut self, mut page: Option<&mut dyn FnMut(u32, &[u8]) -> Result<()>>) -> Result<Scan> {
+    fn scan_into(&mut self, mut page: Option<&mut PageSink<'_>>) -> Result<Scan> {
         let db = &self.db_file;
         let wal = self.wal()?;
         let range = match &wal {
@@ -192,13 +200,12 @@ impl Capture {
     }
 
     /// Writes the whole database as transaction `txid` (a snapshot when `txid` is 1).
-    pub fn capture_full(&mut self, txid: Txid, pre_checksum: u64) -> Result<Captured> {
+    pub fn capture_full(&mut self, txid: Txid) -> Result<Captured> {
         let path = self.staging.join(format!("{txid}.ltx.tmp"));
         let file = File::create(&path).with_context(|| format!("create {}", path.display()))?;
         let ts = now_ms();
         // The commit size is only known after the scan, so the file is written with a
         // provisional header and rewritten once the size is known.
-        let pre = if txid.0 == 1 { 0 } else { pre_checksum };
         let commit_guess = {
             let db = &self.db_file;
             let wal_commit = match self.wal()? {
@@ -214,13 +221,13 @@ impl Capture {
             }
         };
         let header = Header {
-            flags: 0,
+            flags: ltx::HEADER_FLAG_NO_CHECKSUM,
             page_size: self.page_size,
             commit: commit_guess.max(1),
             min_txid: txid.0,
             max_txid: txid.0,
             timestamp_ms: ts,
-            pre_apply_checksum: pre,
+            pre_apply_checksum: 0,
             ..Header::default()
         };
         let mut enc = Encoder::new(BufWriter::new(file), header).context("start ltx file")?;
@@ -248,7 +255,7 @@ impl Capture {
         if scan.commit != header.commit {
             bail!("database size changed while it was being read ({} → {} pages)", header.commit, scan.commit);
         }
-        let (w, _trailer) = enc.finish(scan.checksum).context("finish ltx file")?;
+        let (w, _trailer) = enc.finish(0).context("finish ltx file")?;
         let file = w.into_inner().map_err(|e| e.into_error()).context("flush ltx file")?;
         file.sync_all()?;
         let size = file.metadata()?.len();
@@ -316,16 +323,15 @@ impl Capture {
         }
         let end = range.end.context("committed range without an end")?;
         let txid = self.txid.next();
-        let pre = self.sums.checksum();
         let ts = now_ms();
         let header_ltx = Header {
-            flags: 0,
+            flags: ltx::HEADER_FLAG_NO_CHECKSUM,
             page_size: self.page_size,
             commit: range.commit,
             min_txid: txid.0,
             max_txid: txid.0,
             timestamp_ms: ts,
-            pre_apply_checksum: if txid.0 == 1 { 0 } else { pre },
+            pre_apply_checksum: 0,
             wal_offset: cursor.offset as i64,
             wal_size: range.bytes as i64,
             wal_salt1: cursor.salt1,
@@ -348,7 +354,7 @@ impl Capture {
         }
         sums.truncate(range.commit);
         let post = sums.checksum();
-        let (w, _) = enc.finish(post).context("finish ltx file")?;
+        let (w, _) = enc.finish(0).context("finish ltx file")?;
         let f = w.into_inner().map_err(|e| e.into_error()).context("flush ltx file")?;
         f.sync_all()?;
         let size = f.metadata()?.len();
@@ -491,19 +497,4 @@ fn db_header_page_count(db: &File, page_size: u32) -> Result<u32> {
     } else {
         Ok(by_size)
     }
-}
-
-/// Writes an LTX file to disk from a list of pages (used by compaction and tests).
-pub fn write_ltx(path: &Path, header: Header, pages: impl Iterator<Item = Result<(u32, Vec<u8>)>>, post: u64) -> Result<u64> {
-    let f = File::create(path)?;
-    let mut enc = Encoder::new(BufWriter::new(f), header)?;
-    for p in pages {
-        let (pgno, data) = p?;
-        enc.encode_page(pgno, &data)?;
-    }
-    let (w, _) = enc.finish(post)?;
-    let mut f = w.into_inner().map_err(|e| e.into_error())?;
-    f.flush()?;
-    f.sync_all()?;
-    Ok(f.metadata()?.len())
 }

@@ -34,6 +34,8 @@ pub struct ReplicateOptions {
     /// How long shutdown may spend shipping the final tail.
     pub shutdown_timeout: Duration,
     pub instance: String,
+    /// The platform's name for this instance (Cloud Run revision, Fly machine, host name).
+    pub platform: Option<String>,
 }
 
 impl Default for ReplicateOptions {
@@ -44,6 +46,7 @@ impl Default for ReplicateOptions {
             checkpoint_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(8),
             instance: new_instance_id(),
+            platform: None,
         }
     }
 }
@@ -55,15 +58,15 @@ pub fn new_instance_id() -> String {
 /// A local database that is not on the replica's lineage.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "database {db} is not on the replica's lineage: its checksum {local:016x} differs from the replica's \
-     position {txid} ({remote:016x}) and no local state proves it descends from it; restore it from the replica \
-     or move it aside"
+    "database {db} (checksum {local:016x}) is not proven to descend from the replica's newest position \
+     (generation {generation}, transaction {txid}): no local state from walfleet names that generation and it \
+     does not equal a sealed position; restore it from the replica or move it aside"
 )]
 pub struct StaleDatabase {
     pub db: String,
     pub local: u64,
     pub txid: Txid,
-    pub remote: u64,
+    pub generation: Generation,
 }
 
 pub struct DbReplicator {
@@ -102,7 +105,7 @@ impl DbReplicator {
         let (db, st) = (self.db_path.clone(), staging.clone());
         let cap = tokio::task::spawn_blocking(move || Capture::open(&db, &st)).await.context("open task")??;
         let cap: Shared = Arc::new(Mutex::new(cap));
-        let mut session = self.start(&cap).await?;
+        let mut session = self.start(&cap, &cancel).await?;
         self.metrics.ready.store(true, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let _watcher = watch_wal(&self.db_path, tx);
@@ -149,13 +152,11 @@ impl DbReplicator {
                 }
             }
             let since = blocking(&cap, |c| Ok(c.since_checkpoint)).await?;
-            if since >= self.opts.checkpoint_bytes
-                || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval)
-            {
-                if blocking(&cap, |c| c.checkpoint()).await? {
-                    self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-                    last_checkpoint = Instant::now();
-                }
+            let due = since >= self.opts.checkpoint_bytes
+                || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
+            if due && blocking(&cap, |c| c.checkpoint()).await? {
+                self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+                last_checkpoint = Instant::now();
             }
         }
         self.shutdown(&cap, &mut session).await
@@ -197,8 +198,7 @@ impl DbReplicator {
                     warn!(db = %self.metrics.name, %reason, "wal continuity lost; writing the whole database as the next transaction");
                     let c = blocking(cap, |c| {
                         let next = c.txid.next();
-                        let pre = c.checksum();
-                        c.capture_full(next, pre)
+                        c.capture_full(next)
                     })
                     .await?;
                     self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +274,12 @@ impl DbReplicator {
     }
 
     /// Claims a new generation and ships whatever the replica lacks of the local database.
-    async fn start(&self, cap: &Shared) -> Result<Session> {
+    ///
+    /// The local database may continue the replica's history only with proof: the local
+    /// state (written by walfleet's own restore or by the previous agent) names the newest
+    /// generation, or the database equals the position that generation was sealed at.
+    /// Anything else is refused as stale rather than replicated as the truth.
+    async fn start(&self, cap: &Shared, cancel: &CancellationToken) -> Result<Session> {
         let store = &self.store;
         let conditional = store
             .probe_conditional_writes(".walfleet-probe")
@@ -283,38 +288,52 @@ impl DbReplicator {
         let top = store.list("", Some("/")).await.context("list replica root")?;
         let gens = layout::generations(&top);
         // The newest position on record: the newest generation with any history.
-        let mut latest: Option<(Generation, Txid, u64, Vec<layout::LtxObject>)> = None;
+        let mut latest: Option<(Generation, Txid, Vec<layout::LtxObject>)> = None;
         for g in gens.iter().rev() {
-            let base = layout::generation_prefix(*g);
-            let files = restore::list_generation(store, &base).await?;
-            let Some(txid) = restore::plan::latest(&files) else { continue };
-            let checksum = self.checksum_at(&files, txid).await?;
-            latest = Some((*g, txid, checksum, files));
-            break;
+            let files = restore::list_generation(store, &layout::generation_prefix(*g)).await?;
+            if let Some(txid) = restore::plan::latest(&files) {
+                latest = Some((*g, txid, files));
+                break;
+            }
         }
-        let scan = blocking(cap, |c| c.scan()).await?;
+        // A database without a single page yet has nothing to replicate: wait for the app.
+        let scan = loop {
+            let scan = blocking(cap, |c| c.scan()).await?;
+            if scan.commit > 0 {
+                break scan;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => bail!("stopped before the database had any content"),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
         let generation = gens.last().map(|g| g.next()).unwrap_or(Generation(1));
         let local = state::load(&self.db_path);
-        let (parent, first): (Option<Parent>, Option<(Txid, u64)>) = match &latest {
-            None => (None, None),
-            Some((g, txid, checksum, _)) => {
-                let parent = Parent { generation: *g, position: Position::new(*txid, *checksum) };
-                if scan.checksum == *checksum {
-                    (Some(parent), Some((*txid, *checksum)))
-                } else if local.as_ref().is_some_and(|s| {
-                    s.replica == self.replica_url && s.generation == *g && s.txid <= *txid
-                }) {
-                    info!(db = %self.metrics.name, "database changed while the agent was away; shipping it whole");
-                    (Some(parent), Some((*txid, *checksum)))
-                } else {
-                    return Err(StaleDatabase {
-                        db: self.db_path.display().to_string(),
-                        local: scan.checksum,
-                        txid: *txid,
-                        remote: *checksum,
+        // (parent, whether the local database is exactly at the parent's position)
+        let (parent, exact): (Option<Parent>, bool) = match &latest {
+            None => (None, false),
+            Some((g, txid, _)) => {
+                let sealed = Manifest::load(store, *g).await?.and_then(|m| m.sealed).filter(|p| p.txid == *txid);
+                let known = local.as_ref().filter(|s| s.replica == self.replica_url && s.generation == *g);
+                let (checksum, exact) = match (known, sealed) {
+                    (Some(s), _) if s.txid == *txid && s.checksum() == Some(scan.checksum) => (scan.checksum, true),
+                    (_, Some(p)) if p.checksum() == Some(scan.checksum) => (scan.checksum, true),
+                    (Some(s), sealed) => {
+                        info!(db = %self.metrics.name, local_txid = %s.txid, replica_txid = %txid,
+                            "database changed since the replica's newest transaction; shipping it whole");
+                        (sealed.and_then(|p| p.checksum()).or_else(|| (s.txid == *txid).then(|| s.checksum()).flatten()).unwrap_or(0), false)
                     }
-                    .into());
-                }
+                    (None, _) => {
+                        return Err(StaleDatabase {
+                            db: self.db_path.display().to_string(),
+                            local: scan.checksum,
+                            txid: *txid,
+                            generation: *g,
+                        }
+                        .into())
+                    }
+                };
+                (Some(Parent { generation: *g, position: Position::new(*txid, checksum) }), exact)
             }
         };
         let manifest = Manifest {
@@ -327,7 +346,7 @@ impl DbReplicator {
                 instance: self.opts.instance.clone(),
                 host: hostname(),
                 pid: std::process::id(),
-                platform: platform_identity(),
+                platform: self.opts.platform.clone(),
             },
             created_at: Utc::now(),
             sealed: None,
@@ -346,25 +365,25 @@ impl DbReplicator {
             durable: Txid::ZERO,
             durable_checksum: 0,
         };
-        match (first, &latest) {
-            (None, _) => {
-                let c = blocking(cap, |c| c.capture_full(Txid(1), 0)).await?;
+        match &latest {
+            None => {
+                let c = blocking(cap, |c| c.capture_full(Txid(1))).await?;
                 self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
                 self.captured(&mut session, c);
             }
-            (Some((txid, checksum)), Some((g, _, _, files))) => {
+            Some((g, txid, files)) => {
+                let txid = *txid;
                 self.copy_base(*g, files, txid, generation).await?;
                 session.durable = txid;
-                session.durable_checksum = checksum;
+                session.durable_checksum = if exact { scan.checksum } else { 0 };
                 self.metrics.durable_txid.store(txid.0, Ordering::Relaxed);
                 self.metrics.local_txid.store(txid.0, Ordering::Relaxed);
-                let same = scan.checksum == checksum;
                 let c = blocking(cap, move |c| {
                     c.txid = txid;
-                    if same {
+                    if exact {
                         return Ok(None);
                     }
-                    c.capture_full(txid.next(), checksum).map(Some)
+                    c.capture_full(txid.next()).map(Some)
                 })
                 .await?;
                 if let Some(c) = c {
@@ -372,25 +391,9 @@ impl DbReplicator {
                     self.captured(&mut session, c);
                 }
             }
-            (Some(_), None) => unreachable_state()?,
         }
         self.upload_spool(&mut session).await?;
         Ok(session)
-    }
-
-    /// The database checksum after `txid`, from the trailer of the file that ends there.
-    async fn checksum_at(&self, files: &[layout::LtxObject], txid: Txid) -> Result<u64> {
-        let f = files
-            .iter()
-            .filter(|f| f.max == txid)
-            .min_by_key(|f| f.level)
-            .context("no file ends at the replica's newest transaction")?;
-        let off = f.size.saturating_sub(crate::ltx::TRAILER_SIZE as u64);
-        let b = self.store.get_range(&f.key, off, crate::ltx::TRAILER_SIZE as u64).await?;
-        if b.len() < 8 {
-            bail!("object {} is too short to be an LTX file", f.key);
-        }
-        Ok(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
     }
 
     /// Gives the new generation its own base by server-side copies of the files that
@@ -408,10 +411,6 @@ impl DbReplicator {
         info!(files = plan.len(), %parent, %to, "copied base from parent generation");
         Ok(())
     }
-}
-
-fn unreachable_state() -> Result<()> {
-    bail!("internal error: a lineage position without a generation")
 }
 
 fn wal_stat(db: &Path) -> Option<(u64, std::time::SystemTime)> {
@@ -444,16 +443,4 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// The platform's name for this instance, when it gives one.
-pub fn platform_identity() -> Option<String> {
-    for var in ["K_REVISION", "FLY_MACHINE_ID", "RAILWAY_REPLICA_ID", "HOSTNAME"] {
-        if let Ok(v) = std::env::var(var) {
-            if !v.is_empty() {
-                return Some(format!("{var}={v}"));
-            }
-        }
-    }
-    None
 }

@@ -21,6 +21,12 @@ pub struct LocalState {
     pub cursor: Option<WalCursor>,
 }
 
+impl LocalState {
+    pub fn checksum(&self) -> Option<u64> {
+        u64::from_str_radix(&self.checksum, 16).ok()
+    }
+}
+
 pub fn dir_for(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
     s.push("-walfleet");
@@ -38,6 +44,7 @@ pub fn load(db: &Path) -> Option<LocalState> {
 
 pub fn save(db: &Path, state: &LocalState) -> Result<()> {
     let path = path_for(db);
+    std::fs::create_dir_all(dir_for(db)).with_context(|| format!("create {}", dir_for(db).display()))?;
     let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec(state)?;
     {

@@ -66,7 +66,6 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
 
     let mut state: Option<(PageSums, u32)> = None; // (sums, commit)
     let mut reached = Txid::ZERO;
-    let mut last_post = 0u64;
     let mut checksummed = true;
     let mut bytes = 0u64;
     let mut files = 0usize;
@@ -109,7 +108,6 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
                 trailer.post_apply_checksum
             );
         }
-        last_post = trailer.post_apply_checksum;
         reached = Txid(header.max_txid);
         state = Some((sums, commit));
     }
@@ -119,7 +117,7 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
     out.sync_all().context("fsync restored database")?;
     Ok(Applied {
         txid: reached,
-        checksum: if checksummed { sums.checksum() } else { last_post },
+        checksum: sums.checksum(),
         page_size,
         pages: commit,
         files,

@@ -153,6 +153,9 @@ pub struct RestoreOptions {
     pub if_db_not_exists: bool,
     pub if_replica_exists: bool,
     pub integrity_check: bool,
+    /// The URL the replica was opened from: recorded beside the restored database so that an
+    /// agent replicating it later can prove it descends from the replica.
+    pub replica_url: Option<String>,
 }
 
 #[derive(Debug)]
@@ -204,6 +207,16 @@ pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<R
     if let Some(dir) = opts.output.parent() {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         std::fs::File::open(dir).and_then(|d| d.sync_all()).context("fsync output directory")?;
+    }
+    if let (Some(url), Some(g), Target::Latest) = (&opts.replica_url, chosen.generation, opts.target) {
+        let st = crate::replicate::state::LocalState {
+            replica: url.clone(),
+            generation: g,
+            txid: applied.txid,
+            checksum: format!("{:016x}", applied.checksum),
+            cursor: None,
+        };
+        crate::replicate::state::save(&opts.output, &st).context("record restored position")?;
     }
     Ok(RestoreOutcome::Restored { applied, generation: chosen.generation })
 }
