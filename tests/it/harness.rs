@@ -308,3 +308,21 @@ fn metrics_parser_tolerates_labels_and_selects_by_subset() {
     assert_eq!(m.select("walfleet_uploads_total"), Some(7.0));
     assert!(m.select("walfleet_weird").is_some_and(f64::is_nan));
 }
+
+/// walfleet-agent is found next to the test executable (built by scripts/test.sh) and runs.
+#[test]
+fn agent_binary_is_found_and_runs() -> Result<()> {
+    let bin = tests::bins::agent()?;
+    assert!(
+        bin.starts_with(tests::bins::target_dir()?),
+        "{}",
+        bin.display()
+    );
+    let out = tests::agent::run(&["--help"], &[])?;
+    let help = tests::process::expect_success("walfleet-agent --help", &out);
+    assert!(
+        help.contains("replicate") && help.contains("restore"),
+        "{help}"
+    );
+    Ok(())
+}

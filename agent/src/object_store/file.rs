@@ -186,6 +186,8 @@ impl FileStore {
         let keys = keys.to_vec();
         let first = keys.first().cloned().unwrap_or_default();
         blocking("delete", &first, move || {
+            // Each touched directory is fsynced (and pruned when empty) once, after its deletes.
+            let mut touched = std::collections::BTreeMap::new();
             for key in &keys {
                 let path = root.join(key);
                 match fs::remove_file(&path) {
@@ -195,8 +197,18 @@ impl FileStore {
                     Err(err) => return Err(ObjectStoreError::io("delete", key, err)),
                 }
                 if let Some(parent) = path.parent() {
-                    sync_dir(parent).map_err(|err| ObjectStoreError::io("delete", key, err))?;
-                    prune_empty_dirs(&root, parent);
+                    touched
+                        .entry(parent.to_path_buf())
+                        .or_insert_with(|| key.clone());
+                }
+            }
+            // Deepest first, so a parent is pruned after its emptied children.
+            for (dir, key) in touched.iter().rev() {
+                match sync_dir(dir) {
+                    Ok(()) => prune_empty_dirs(&root, dir),
+                    // Pruned already along with an emptied child.
+                    Err(err) if is_not_found(&err) => {}
+                    Err(err) => return Err(ObjectStoreError::io("delete", key, err)),
                 }
             }
             Ok(())

@@ -84,7 +84,8 @@ pub enum PutCondition {
     None,
     /// Create only: fail with [`ObjectStoreError::PreconditionFailed`] when the key exists.
     IfNoneMatch,
-    /// Replace only the version with this etag (quoted or not).
+    /// Replace only the version with this etag (quoted or not); a missing key fails with
+    /// [`ObjectStoreError::PreconditionFailed`] too (AWS's 404 is mapped to it).
     IfMatch(String),
 }
 

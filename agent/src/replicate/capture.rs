@@ -47,6 +47,8 @@ pub struct Captured {
     pub post_checksum: u64,
     pub commits: u64,
     pub full: bool,
+    /// True when the capture stopped at the size bound with more committed WAL behind it.
+    pub more: bool,
 }
 
 /// What the WAL and database look like right now, read without changing anything.
@@ -271,6 +273,7 @@ impl Capture {
             post_checksum: scan.checksum,
             commits: 1,
             full: true,
+            more: false,
         })
     }
 
@@ -373,6 +376,7 @@ impl Capture {
             post_checksum: post,
             commits: range.transactions,
             full: false,
+            more: range.bytes >= MAX_CAPTURE_BYTES,
         }))
     }
 

@@ -137,7 +137,7 @@ impl DbReplicator {
                     }
                 }
             }
-            self.capture_all(&cap, &mut session).await?;
+            self.capture_all(&cap, &mut session, false).await?;
             if !session.spool.is_empty() {
                 match self.upload_spool(&mut session).await {
                     Ok(()) => {
@@ -166,7 +166,7 @@ impl DbReplicator {
     async fn shutdown(&self, cap: &Shared, session: &mut Session) -> Result<()> {
         let deadline = self.opts.shutdown_timeout;
         let flush = async {
-            self.capture_all(cap, session).await?;
+            self.capture_all(cap, session, true).await?;
             while !session.spool.is_empty() {
                 if let Err(e) = self.upload_spool(session).await {
                     warn!(error = %format!("{e:#}"), "final upload failed; retrying");
@@ -189,11 +189,18 @@ impl DbReplicator {
         }
     }
 
-    async fn capture_all(&self, cap: &Shared, session: &mut Session) -> Result<()> {
+    async fn capture_all(&self, cap: &Shared, session: &mut Session, drain: bool) -> Result<()> {
         loop {
             match blocking(cap, |c| c.capture()).await? {
                 Outcome::Idle => break,
-                Outcome::Captured(c) => self.captured(session, c),
+                Outcome::Captured(c) => {
+                    // One transaction per sync: commits that land meanwhile wait for the next.
+                    let more = c.more;
+                    self.captured(session, c);
+                    if !more && !drain {
+                        break;
+                    }
+                }
                 Outcome::Lost(reason) => {
                     warn!(db = %self.metrics.name, %reason, "wal continuity lost; writing the whole database as the next transaction");
                     let c = blocking(cap, |c| {
@@ -203,6 +210,9 @@ impl DbReplicator {
                     .await?;
                     self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
                     self.captured(session, c);
+                    if !drain {
+                        break;
+                    }
                 }
             }
         }
