@@ -30,7 +30,9 @@ pub async fn replicate(cfg: ReplicateConfig, cancel: CancellationToken) -> Resul
     let http = tracker.spawn(health::serve(cfg.http_addr, registry.clone(), cancel.clone()));
     let mut tasks = Vec::new();
     for db in &cfg.databases {
-        let store = Arc::new(ObjectStore::from_url(&db.replica_url).await.with_context(|| format!("open replica {}", db.replica_url))?);
+        let store = Arc::new(
+            ObjectStore::from_url(&db.replica_url).await.with_context(|| format!("open replica {}", db.replica_url))?,
+        );
         registry.add_store(store.requests());
         let metrics = DbMetrics::new(&db.name);
         registry.add_db(metrics.clone());
@@ -77,7 +79,9 @@ pub async fn replicate(cfg: ReplicateConfig, cancel: CancellationToken) -> Resul
 }
 
 pub async fn restore_cmd(cfg: RestoreConfig) -> Result<i32> {
-    let store = Arc::new(ObjectStore::from_url(&cfg.replica_url).await.with_context(|| format!("open replica {}", cfg.replica_url))?);
+    let store = Arc::new(
+        ObjectStore::from_url(&cfg.replica_url).await.with_context(|| format!("open replica {}", cfg.replica_url))?,
+    );
     let opts = RestoreOptions {
         output: cfg.output.clone(),
         target: cfg.target,
@@ -129,7 +133,10 @@ async fn generations(args: GenerationsArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<18} {:<30} {:<18} {:<8} {:>7} {:>12}  WRITER", "GENERATION", "PARENT", "LATEST", "SEALED", "FILES", "BYTES");
+        println!(
+            "{:<18} {:<30} {:<18} {:<8} {:>7} {:>12}  WRITER",
+            "GENERATION", "PARENT", "LATEST", "SEALED", "FILES", "BYTES"
+        );
         for r in rows {
             let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
             println!(

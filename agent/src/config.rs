@@ -168,14 +168,21 @@ impl ReplicateArgs {
         if let Some(file) = &self.common.config {
             let fc = load_file(file)?;
             if let Some(s) = fc.sync_interval {
-                cfg.sync_interval = parse_duration(&s).map_err(|e| anyhow::anyhow!("{}: sync_interval: {e}", file.display()))?;
+                cfg.sync_interval =
+                    parse_duration(&s).map_err(|e| anyhow::anyhow!("{}: sync_interval: {e}", file.display()))?;
             }
             if let Some(a) = fc.http_addr {
-                cfg.http_addr = a.parse().with_context(|| format!("{}: http_addr {a:?} is not host:port", file.display()))?;
+                cfg.http_addr =
+                    a.parse().with_context(|| format!("{}: http_addr {a:?} is not host:port", file.display()))?;
             }
             for d in fc.databases {
-                validate_url(&d.replica).with_context(|| format!("{}: database {}", file.display(), d.path.display()))?;
-                cfg.databases.push(DbConfig { name: d.name.unwrap_or_else(|| default_name(&d.path)), path: d.path, replica_url: d.replica });
+                validate_url(&d.replica)
+                    .with_context(|| format!("{}: database {}", file.display(), d.path.display()))?;
+                cfg.databases.push(DbConfig {
+                    name: d.name.unwrap_or_else(|| default_name(&d.path)),
+                    path: d.path,
+                    replica_url: d.replica,
+                });
             }
         }
         let db = db.or_else(|| env("WALFLEET_DB_PATH").map(PathBuf::from));
@@ -224,9 +231,7 @@ impl RestoreArgs {
         }
         let Some(url) = url else { bail!("no replica URL: give one, or set WALFLEET_REPLICA_URL") };
         validate_url(&url)?;
-        let Some(output) = self.output.clone().or(db) else {
-            bail!("no output: give -o FILE or a database path")
-        };
+        let Some(output) = self.output.clone().or(db) else { bail!("no output: give -o FILE or a database path") };
         let target = match (self.txid, self.timestamp) {
             (Some(t), _) => Target::Txid(t),
             (None, Some(ts)) => Target::Timestamp(ts),
@@ -285,9 +290,7 @@ pub fn parse_txid(s: &str) -> std::result::Result<Txid, String> {
             return Ok(t);
         }
     }
-    s.parse::<u64>()
-        .map(Txid)
-        .map_err(|_| format!("{s:?} is not a transaction id (decimal, or 16 hex digits)"))
+    s.parse::<u64>().map(Txid).map_err(|_| format!("{s:?} is not a transaction id (decimal, or 16 hex digits)"))
 }
 
 pub fn parse_timestamp(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {

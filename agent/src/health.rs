@@ -81,11 +81,15 @@ impl Registry {
         };
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         gauge(&mut s, "walfleet_generation", "Generation this agent writes.", "gauge", &|d| ld(&d.generation));
-        gauge(&mut s, "walfleet_local_txid", "Newest transaction captured from the WAL.", "gauge", &|d| ld(&d.local_txid));
+        gauge(&mut s, "walfleet_local_txid", "Newest transaction captured from the WAL.", "gauge", &|d| {
+            ld(&d.local_txid)
+        });
         gauge(&mut s, "walfleet_durable_txid", "Newest transaction durable in object storage.", "gauge", &|d| {
             ld(&d.durable_txid)
         });
-        gauge(&mut s, "walfleet_lag_seconds", "Age of the oldest change not yet durable.", "gauge", &|d| d.lag_seconds());
+        gauge(&mut s, "walfleet_lag_seconds", "Age of the oldest change not yet durable.", "gauge", &|d| {
+            d.lag_seconds()
+        });
         gauge(&mut s, "walfleet_lag_bytes", "Bytes of committed changes not yet durable.", "gauge", &|d| {
             ld(&d.pending_bytes)
         });
@@ -94,7 +98,13 @@ impl Registry {
         gauge(&mut s, "walfleet_snapshots_total", "Whole-database transactions written.", "counter", &|d| {
             ld(&d.snapshots)
         });
-        gauge(&mut s, "walfleet_checkpoints_total", "Checkpoints run by the agent.", "counter", &|d| ld(&d.checkpoints));
+        gauge(
+            &mut s,
+            "walfleet_checkpoints_total",
+            "Checkpoints run by the agent.",
+            "counter",
+            &|d| ld(&d.checkpoints),
+        );
         gauge(&mut s, "walfleet_upload_blocked", "1 while object storage refuses uploads.", "gauge", &|d| {
             f64::from(u8::from(d.upload_blocked.load(Ordering::Relaxed)))
         });

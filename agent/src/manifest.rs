@@ -79,7 +79,8 @@ impl Manifest {
     /// stores that honour conditional writes, hence the extra HEAD on those that do not).
     pub async fn claim(&self, store: &ObjectStore, conditional: bool) -> Result<Option<String>, ManifestError> {
         let key = layout::manifest_key(self.generation);
-        let body = serde_json::to_vec_pretty(self).map_err(|source| ManifestError::Damaged { key: key.clone(), source })?;
+        let body =
+            serde_json::to_vec_pretty(self).map_err(|source| ManifestError::Damaged { key: key.clone(), source })?;
         if !conditional && store.head(&key).await?.is_some() {
             return Err(ManifestError::Claimed(self.generation));
         }
@@ -100,7 +101,8 @@ impl Manifest {
     /// store honours conditional writes.
     pub async fn update(&self, store: &ObjectStore, etag: Option<&str>) -> Result<Option<String>, ManifestError> {
         let key = layout::manifest_key(self.generation);
-        let body = serde_json::to_vec_pretty(self).map_err(|source| ManifestError::Damaged { key: key.clone(), source })?;
+        let body =
+            serde_json::to_vec_pretty(self).map_err(|source| ManifestError::Damaged { key: key.clone(), source })?;
         let condition = match etag {
             Some(e) => PutCondition::IfMatch(e.to_string()),
             None => PutCondition::None,

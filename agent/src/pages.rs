@@ -39,4 +39,3 @@ impl PageSums {
         ltx::CHECKSUM_FLAG | self.total
     }
 }
-

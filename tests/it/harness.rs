@@ -14,10 +14,7 @@ const T: Duration = Duration::from_secs(30);
 fn raw_http(addr: std::net::SocketAddr, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     Ok(resp.lines().next().unwrap_or_default().to_owned())
@@ -33,10 +30,7 @@ fn s3_server_stops_and_restarts_on_same_port_with_its_data() -> Result<()> {
     assert!(!env.iter().any(|(k, _)| k == "AWS_CA_BUNDLE"));
 
     // Unsigned requests are refused: SigV4 is enforced.
-    assert!(
-        raw_http(s3.addr(), "/test")?.contains(" 403 "),
-        "unsigned request must get 403"
-    );
+    assert!(raw_http(s3.addr(), "/test")?.contains(" 403 "), "unsigned request must get 403");
 
     let obj = s3.object_path("proj/db/marker");
     std::fs::create_dir_all(obj.parent().context("parent")?)?;
@@ -46,10 +40,7 @@ fn s3_server_stops_and_restarts_on_same_port_with_its_data() -> Result<()> {
     let port = s3.port();
     s3.stop()?;
     assert!(!s3.is_running());
-    assert!(
-        TcpStream::connect(s3.addr()).is_err(),
-        "stopped server still accepts"
-    );
+    assert!(TcpStream::connect(s3.addr()).is_err(), "stopped server still accepts");
     s3.start()?;
     assert_eq!(s3.port(), port);
     assert!(raw_http(s3.addr(), "/test")?.contains(" 403 "));
@@ -82,9 +73,7 @@ fn proxy_faults_drop_blackhole_and_heal() -> Result<()> {
     let proxy = Proxy::new(s3.addr())?;
 
     proxy.set_drop_fraction(1.0);
-    assert!(raw_http(proxy.addr(), "/test")
-        .map(|s| s.is_empty())
-        .unwrap_or(true));
+    assert!(raw_http(proxy.addr(), "/test").map(|s| s.is_empty()).unwrap_or(true));
     assert_eq!(proxy.stats().dropped, 1);
 
     proxy.heal();
@@ -96,9 +85,7 @@ fn proxy_faults_drop_blackhole_and_heal() -> Result<()> {
     let got = s.read(&mut buf);
     assert!(got.is_err(), "black hole answered: {got:?}");
     proxy.cut_all();
-    wait_until(T, "cut connection reads EOF", || {
-        matches!(s.read(&mut buf), Ok(0))
-    });
+    wait_until(T, "cut connection reads EOF", || matches!(s.read(&mut buf), Ok(0)));
 
     proxy.heal();
     proxy.set_delay(Duration::from_millis(20));
@@ -170,8 +157,7 @@ fn page_checksum_changes_with_any_page() -> Result<()> {
     bytes.truncate(2 * ps);
     std::fs::write(&raw, &bytes)?;
     let want = tests::sqlite::CHECKSUM_FLAG
-        | (tests::sqlite::page_checksum_one(1, &bytes[..ps])
-            ^ tests::sqlite::page_checksum_one(2, &bytes[ps..]));
+        | (tests::sqlite::page_checksum_one(1, &bytes[..ps]) ^ tests::sqlite::page_checksum_one(2, &bytes[ps..]));
     assert_eq!(page_checksum(&raw)?, want);
     Ok(())
 }
@@ -189,18 +175,13 @@ fn litestream_round_trip_matches_our_digests() -> Result<()> {
     let s3 = S3Server::new()?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("src.db");
-    let mut app = App::writer(
-        &db,
-        &["--count", "50", "--rate", "0", "--value-size", "2000"],
-    )?;
+    let mut app = App::writer(&db, &["--count", "50", "--rate", "0", "--value-size", "2000"])?;
     assert!(app.finish(T)?.success());
     assert_eq!(app.committed_ids(), (1..=50).collect::<Vec<i64>>());
 
     let url = litestream::s3_url(&s3, "ls/src");
     let mut rep = litestream::replicate(&s3.env(), &db, &url)?;
-    wait_until(T, "litestream to upload an LTX file", || {
-        s3.keys("ls/src/").iter().any(|k| k.ends_with(".ltx"))
-    });
+    wait_until(T, "litestream to upload an LTX file", || s3.keys("ls/src/").iter().any(|k| k.ends_with(".ltx")));
     rep.stop(T)?;
 
     let out = dir.path().join("restored.db");
@@ -218,11 +199,7 @@ fn litestream_round_trip_matches_our_digests() -> Result<()> {
         .filter(|k| k.ends_with(".ltx"))
         .map(|k| {
             let name = k.rsplit('/').next().unwrap_or_default();
-            let max = name
-                .trim_end_matches(".ltx")
-                .rsplit('-')
-                .next()
-                .unwrap_or_default();
+            let max = name.trim_end_matches(".ltx").rsplit('-').next().unwrap_or_default();
             (u64::from_str_radix(max, 16).unwrap_or(0), k)
         })
         .collect();
@@ -250,14 +227,9 @@ fn writer_app_exits_cleanly_on_sigterm_after_its_commit() -> Result<()> {
     assert!(st.success(), "writer exit: {st}");
     let last = app.last_committed().context("committed ids")?;
     let conn = tests::sqlite::open_ro(&db)?;
-    let (n, max): (i64, i64) = conn.query_row("SELECT count(*), max(id) FROM items", [], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?;
-    assert_eq!(
-        (n, max),
-        (last, last),
-        "every printed id committed, nothing more"
-    );
+    let (n, max): (i64, i64) =
+        conn.query_row("SELECT count(*), max(id) FROM items", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    assert_eq!((n, max), (last, last), "every printed id committed, nothing more");
     Ok(())
 }
 
@@ -295,15 +267,9 @@ fn metrics_parser_tolerates_labels_and_selects_by_subset() {
     assert_eq!(m.select("walfleet_local_txid"), Some(42.0));
     assert_eq!(m.select("walfleet_local_txid{db=\"app\"}"), Some(42.0));
     assert_eq!(m.select("walfleet_local_txid{db=\"other\"}"), None);
-    assert_eq!(
-        m.select("walfleet_lag_seconds{x=\"a b}\", db=\"app\"}"),
-        Some(0.5)
-    );
+    assert_eq!(m.select("walfleet_lag_seconds{x=\"a b}\", db=\"app\"}"), Some(0.5));
     assert_eq!(m.sum("walfleet_object_store_requests_total"), 7.0);
-    assert_eq!(
-        m.sum("walfleet_object_store_requests_total{kind=\"put\"}"),
-        3.0
-    );
+    assert_eq!(m.sum("walfleet_object_store_requests_total{kind=\"put\"}"), 3.0);
     assert_eq!(m.sum("walfleet_upload_errors_total"), 0.0);
     assert_eq!(m.select("walfleet_uploads_total"), Some(7.0));
     assert!(m.select("walfleet_weird").is_some_and(f64::is_nan));
@@ -313,16 +279,9 @@ fn metrics_parser_tolerates_labels_and_selects_by_subset() {
 #[test]
 fn agent_binary_is_found_and_runs() -> Result<()> {
     let bin = tests::bins::agent()?;
-    assert!(
-        bin.starts_with(tests::bins::target_dir()?),
-        "{}",
-        bin.display()
-    );
+    assert!(bin.starts_with(tests::bins::target_dir()?), "{}", bin.display());
     let out = tests::agent::run(&["--help"], &[])?;
     let help = tests::process::expect_success("walfleet-agent --help", &out);
-    assert!(
-        help.contains("replicate") && help.contains("restore"),
-        "{help}"
-    );
+    assert!(help.contains("replicate") && help.contains("restore"), "{help}");
     Ok(())
 }

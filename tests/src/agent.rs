@@ -33,10 +33,7 @@ impl Agent {
         let mut env = env.to_vec();
         let has = |env: &[(String, String)], k: &str| env.iter().any(|(n, _)| n == k);
         if !has(&env, "WALFLEET_HTTP_ADDR") {
-            env.push((
-                "WALFLEET_HTTP_ADDR".into(),
-                format!("127.0.0.1:{}", crate::free_port()),
-            ));
+            env.push(("WALFLEET_HTTP_ADDR".into(), format!("127.0.0.1:{}", crate::free_port())));
         }
         for (k, v) in [("RUST_LOG", "info"), ("RUST_BACKTRACE", "1")] {
             if !has(&env, k) {
@@ -59,9 +56,7 @@ impl Agent {
         apply_env(&mut cmd, &env);
         let name = format!("walfleet-agent {}", args.first().copied().unwrap_or(""));
         let proc = Process::spawn(&name, cmd)?;
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build()?;
         Ok(Agent { proc, http, client })
     }
 
@@ -92,12 +87,7 @@ impl Agent {
     /// Polls `/metrics` until the series matching `selector` (see [`Metrics::select`]) satisfy
     /// `pred`; returns that value. Fails with the last scrape (or error) and the agent's exit
     /// status if `timeout` passes or the agent exits.
-    pub fn wait_metric(
-        &mut self,
-        selector: &str,
-        pred: impl Fn(f64) -> bool,
-        timeout: Duration,
-    ) -> Result<f64> {
+    pub fn wait_metric(&mut self, selector: &str, pred: impl Fn(f64) -> bool, timeout: Duration) -> Result<f64> {
         let start = Instant::now();
         loop {
             let last = match self.metrics() {

@@ -51,19 +51,13 @@ impl App {
         let stdout = proc.take_stdout().context("app stdout")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        let reader = std::thread::Builder::new()
-            .name(format!("{script}-stdout"))
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    sink.lock().expect("app lines lock").push(line);
-                }
-            })?;
-        Ok(App {
-            proc,
-            lines,
-            reader: Some(reader),
-        })
+        let reader = std::thread::Builder::new().name(format!("{script}-stdout")).spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().expect("app lines lock").push(line);
+            }
+        })?;
+        Ok(App { proc, lines, reader: Some(reader) })
     }
 
     /// `writer.py DB ARGS…`
@@ -90,10 +84,7 @@ impl App {
 
     /// writer.py: ids committed so far, in order.
     pub fn committed_ids(&self) -> Vec<i64> {
-        self.lines()
-            .iter()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        self.lines().iter().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
     /// writer.py: the last committed id.
@@ -103,10 +94,7 @@ impl App {
 
     /// workload.py: the JSON step records so far.
     pub fn steps(&self) -> Vec<serde_json::Value> {
-        self.lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.lines().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Waits until at least `n` stdout lines arrived (fails early if the app exits first).
@@ -121,18 +109,10 @@ impl App {
                 if self.line_count() >= n {
                     return Ok(());
                 }
-                bail!(
-                    "{} exited ({st}) after {} of {n} lines",
-                    self.proc.name(),
-                    self.line_count()
-                );
+                bail!("{} exited ({st}) after {} of {n} lines", self.proc.name(), self.line_count());
             }
             if start.elapsed() >= timeout {
-                bail!(
-                    "timed out after {timeout:?}: {} printed {} of {n} lines",
-                    self.proc.name(),
-                    self.line_count()
-                );
+                bail!("timed out after {timeout:?}: {} printed {} of {n} lines", self.proc.name(), self.line_count());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -176,10 +156,7 @@ impl DerefMut for App {
 /// replica must have after step `steps` of the same seed.
 pub fn workload_replay(db: &Path, seed: u64, steps: u64) -> Result<()> {
     if db.exists() {
-        bail!(
-            "workload_replay wants a fresh path, {} exists",
-            db.display()
-        );
+        bail!("workload_replay wants a fresh path, {} exists", db.display());
     }
     let steps_s = steps.to_string();
     let mut app = App::workload(db, seed, &["--steps", &steps_s, "--interval", "0"])?;

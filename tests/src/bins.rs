@@ -24,9 +24,7 @@ pub fn cache_dir() -> PathBuf {
 pub fn target_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("find the running test executable")?;
     // target/<profile>/deps/it-<hash>
-    let deps = exe
-        .parent()
-        .context("test executable has no parent directory")?;
+    let deps = exe.parent().context("test executable has no parent directory")?;
     let dir = if deps.file_name().is_some_and(|n| n == "deps") {
         deps.parent().context("deps directory has no parent")?
     } else {
@@ -59,10 +57,7 @@ pub fn agent() -> Result<PathBuf> {
 fn tool(env: &str, default: PathBuf, what: &str) -> Result<PathBuf> {
     let path = std::env::var_os(env).map(PathBuf::from).unwrap_or(default);
     if !path.is_file() {
-        bail!(
-            "{what} not found at {} (set {env} to override): {INSTALL}",
-            path.display()
-        );
+        bail!("{what} not found at {} (set {env} to override): {INSTALL}", path.display());
     }
     Ok(path)
 }
@@ -88,7 +83,5 @@ pub fn litestream() -> Result<PathBuf> {
 
 /// The Python interpreter for tests/apps (override: `WALFLEET_PYTHON`, default `python3` on PATH).
 pub fn python() -> PathBuf {
-    std::env::var_os("WALFLEET_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("python3"))
+    std::env::var_os("WALFLEET_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"))
 }

@@ -35,11 +35,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 }
 
 /// Like [`wait_until`] but returns an error instead of panicking.
-pub fn try_wait_until(
-    timeout: Duration,
-    what: &str,
-    mut cond: impl FnMut() -> bool,
-) -> anyhow::Result<()> {
+pub fn try_wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {

@@ -13,10 +13,7 @@ pub fn s3_url(s3: &S3Server, prefix: &str) -> String {
 
 /// Like [`s3_url`] for another endpoint (e.g. a [`crate::Proxy`]).
 pub fn s3_url_for(endpoint: &str, prefix: &str) -> String {
-    format!(
-        "s3://{BUCKET}/{}?endpoint={endpoint}&region={REGION}&forcePathStyle=true",
-        prefix.trim_matches('/')
-    )
+    format!("s3://{BUCKET}/{}?endpoint={endpoint}&region={REGION}&forcePathStyle=true", prefix.trim_matches('/'))
 }
 
 fn command(env: &[(String, String)]) -> Result<Command> {

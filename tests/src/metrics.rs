@@ -61,22 +61,15 @@ impl Metrics {
 
     /// Series whose key starts with `prefix`, sorted by key.
     pub fn with_prefix(&self, prefix: &str) -> Vec<(String, f64)> {
-        let mut v: Vec<_> = self
-            .0
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
+        let mut v: Vec<_> =
+            self.0.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), *v)).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
     /// Every series, sorted, one per line (for failure messages).
     pub fn dump(&self) -> String {
-        self.with_prefix("")
-            .iter()
-            .map(|(k, v)| format!("{k} {v}\n"))
-            .collect()
+        self.with_prefix("").iter().map(|(k, v)| format!("{k} {v}\n")).collect()
     }
 }
 

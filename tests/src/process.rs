@@ -54,10 +54,7 @@ impl Process {
     }
 
     fn spawn_inner(name: &str, mut cmd: Command, stdout_piped: bool) -> Result<Process> {
-        let logs = tempfile::Builder::new()
-            .prefix(&format!("{name}-logs-"))
-            .tempdir()
-            .context("create log dir")?;
+        let logs = tempfile::Builder::new().prefix(&format!("{name}-logs-")).tempdir().context("create log dir")?;
         let stderr = std::fs::File::create(logs.path().join("stderr.log"))?;
         cmd.stdin(Stdio::null()).stderr(stderr);
         if stdout_piped {
@@ -65,15 +62,8 @@ impl Process {
         } else {
             cmd.stdout(std::fs::File::create(logs.path().join("stdout.log"))?);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {name}: {cmd:?}"))?;
-        Ok(Process {
-            name: name.to_owned(),
-            child,
-            status: None,
-            logs,
-        })
+        let child = cmd.spawn().with_context(|| format!("spawn {name}: {cmd:?}"))?;
+        Ok(Process { name: name.to_owned(), child, status: None, logs })
     }
 
     pub fn name(&self) -> &str {
@@ -118,16 +108,9 @@ impl Process {
     /// Sends `signal` (a `kill -s` name: TERM, INT, KILL, STOP, CONT, HUP) if still running.
     pub fn signal(&mut self, signal: &str) -> Result<()> {
         if self.try_status()?.is_some() {
-            bail!(
-                "{} already exited ({:?}); cannot send SIG{signal}",
-                self.name,
-                self.status
-            );
+            bail!("{} already exited ({:?}); cannot send SIG{signal}", self.name, self.status);
         }
-        let st = Command::new("kill")
-            .args(["-s", signal, &self.pid().to_string()])
-            .status()
-            .context("run kill")?;
+        let st = Command::new("kill").args(["-s", signal, &self.pid().to_string()]).status().context("run kill")?;
         if !st.success() {
             bail!("kill -s {signal} {} failed: {st}", self.pid());
         }
@@ -157,11 +140,7 @@ impl Process {
                 return Ok(st);
             }
             if start.elapsed() >= timeout {
-                bail!(
-                    "{} (pid {}) still running after {timeout:?}",
-                    self.name,
-                    self.pid()
-                );
+                bail!("{} (pid {}) still running after {timeout:?}", self.name, self.pid());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -177,24 +156,14 @@ impl Process {
     }
 
     fn print_logs(&self) {
-        eprintln!(
-            "----- {} (pid {}) exit: {:?} -----",
-            self.name,
-            self.pid(),
-            self.status
-        );
+        eprintln!("----- {} (pid {}) exit: {:?} -----", self.name, self.pid(), self.status);
         for (what, text) in [("stderr", self.stderr()), ("stdout", self.stdout())] {
             if text.is_empty() {
                 continue;
             }
             let lines: Vec<&str> = text.lines().collect();
             let skip = lines.len().saturating_sub(LOG_TAIL_LINES);
-            eprintln!(
-                "----- {} {what} ({} lines, last {}) -----",
-                self.name,
-                lines.len(),
-                lines.len() - skip
-            );
+            eprintln!("----- {} {what} ({} lines, last {}) -----", self.name, lines.len(), lines.len() - skip);
             for l in &lines[skip..] {
                 eprintln!("{l}");
             }
@@ -212,9 +181,7 @@ impl Drop for Process {
 }
 
 fn read_lossy(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// Runs `cmd` to completion (stdin closed) and returns its output; kills it and fails if it

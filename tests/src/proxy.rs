@@ -59,12 +59,7 @@ impl Proxy {
         let accept = std::thread::Builder::new()
             .name(format!("proxy-{}", addr.port()))
             .spawn(move || accept_loop(listener, target, st))?;
-        Ok(Proxy {
-            addr,
-            target,
-            state,
-            accept: Some(accept),
-        })
+        Ok(Proxy { addr, target, state, accept: Some(accept) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -102,9 +97,7 @@ impl Proxy {
 
     /// Delay every forwarded chunk, both directions, by `delay`.
     pub fn set_delay(&self, delay: Duration) {
-        self.state
-            .delay_us
-            .store(delay.as_micros().try_into().unwrap_or(u64::MAX), SeqCst);
+        self.state.delay_us.store(delay.as_micros().try_into().unwrap_or(u64::MAX), SeqCst);
     }
 
     /// Accept new connections but never forward or answer anything (a hung network).
@@ -164,9 +157,8 @@ fn accept_loop(listener: TcpListener, target: SocketAddr, st: Arc<State>) {
             continue;
         }
         let st = st.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("proxy-conn-{id}"))
-            .spawn(move || serve(id, client, target, st));
+        let _ =
+            std::thread::Builder::new().name(format!("proxy-conn-{id}")).spawn(move || serve(id, client, target, st));
     }
 }
 
@@ -177,22 +169,14 @@ fn serve(id: u64, client: TcpStream, target: SocketAddr, st: Arc<State>) {
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
-        client.try_clone(),
-        server.try_clone(),
-        client.try_clone(),
-        server.try_clone(),
-    ) else {
+    let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) =
+        (client.try_clone(), server.try_clone(), client.try_clone(), server.try_clone())
+    else {
         return;
     };
-    st.live
-        .lock()
-        .expect("proxy lock")
-        .insert(id, (c3, Some(s3)));
+    st.live.lock().expect("proxy lock").insert(id, (c3, Some(s3)));
     let st2 = st.clone();
-    let down = std::thread::Builder::new()
-        .name(format!("proxy-down-{id}"))
-        .spawn(move || pump(s2, c2, &st2, false));
+    let down = std::thread::Builder::new().name(format!("proxy-down-{id}")).spawn(move || pump(s2, c2, &st2, false));
     pump(client, server, &st, true);
     if let Ok(h) = down {
         let _ = h.join();

@@ -30,22 +30,14 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a fresh server with an empty bucket [`BUCKET`].
     pub fn new() -> Result<S3Server> {
-        let data = tempfile::Builder::new()
-            .prefix("s3s-fs-")
-            .tempdir()
-            .context("create s3s-fs data dir")?;
+        let data = tempfile::Builder::new().prefix("s3s-fs-").tempdir().context("create s3s-fs data dir")?;
         std::fs::create_dir(data.path().join(BUCKET)).context("create bucket dir")?;
         let mut data = data;
         let mut last_err = None;
         // The port is picked by binding :0 and released before s3s-fs binds it; if another
         // process takes it in between, try a new one.
         for _ in 0..5 {
-            let mut s = S3Server {
-                data,
-                port: crate::free_port(),
-                proc: None,
-                starts: 0,
-            };
+            let mut s = S3Server { data, port: crate::free_port(), proc: None, starts: 0 };
             match s.start() {
                 Ok(()) => return Ok(s),
                 Err(e) => {
@@ -196,9 +188,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 /// is up and checking signatures).
 fn wait_ready(p: &mut Process, addr: SocketAddr) -> Result<()> {
     let start = Instant::now();
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let url = format!("http://{addr}/{BUCKET}");
     loop {
         if let Some(st) = p.try_status()? {
@@ -214,10 +204,7 @@ fn wait_ready(p: &mut Process, addr: SocketAddr) -> Result<()> {
             }
         }
         if start.elapsed() > READY_TIMEOUT {
-            bail!(
-                "s3s-fs on {addr} not ready after {READY_TIMEOUT:?}:\n{}",
-                p.stderr()
-            );
+            bail!("s3s-fs on {addr} not ready after {READY_TIMEOUT:?}:\n{}", p.stderr());
         }
         std::thread::sleep(Duration::from_millis(10));
     }

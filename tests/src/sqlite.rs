@@ -9,11 +9,8 @@ use std::time::Duration;
 
 /// Opens `db` read-only (works on a live WAL database next to its writer).
 pub fn open_ro(db: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("open {} read-only", db.display()))?;
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| format!("open {} read-only", db.display()))?;
     conn.busy_timeout(Duration::from_secs(10))?;
     Ok(conn)
 }
@@ -62,8 +59,7 @@ pub fn content_hash_conn(conn: &Connection) -> Result<String> {
         )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let (ty, name, tbl, sql): (String, String, String, String) =
-                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let (ty, name, tbl, sql): (String, String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
             for s in [&ty, &name, &tbl, &sql] {
                 put(b's', s.as_bytes());
             }
@@ -76,11 +72,9 @@ pub fn content_hash_conn(conn: &Connection) -> Result<String> {
     for (name, sql) in &tables {
         put(b't', name.as_bytes());
         let order = if sql.to_ascii_uppercase().contains("WITHOUT ROWID") {
-            let mut stmt =
-                conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
-            let pk: Vec<String> = stmt
-                .query_map([name], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<_>>()?;
+            let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
+            let pk: Vec<String> =
+                stmt.query_map([name], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>()?;
             pk.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
         } else {
             "rowid".to_owned()
@@ -90,9 +84,7 @@ pub fn content_hash_conn(conn: &Connection) -> Result<String> {
         } else {
             format!("SELECT rowid, * FROM {} ORDER BY {order}", quote(name))
         };
-        let mut stmt = conn
-            .prepare(&select)
-            .with_context(|| format!("read table {name}"))?;
+        let mut stmt = conn.prepare(&select).with_context(|| format!("read table {name}"))?;
         let ncol = stmt.column_count();
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
@@ -109,11 +101,7 @@ pub fn content_hash_conn(conn: &Connection) -> Result<String> {
             }
         }
     }
-    Ok(format!(
-        "{}t/{total_rows}r/{:016x}",
-        tables.len(),
-        d.finalize()
-    ))
+    Ok(format!("{}t/{total_rows}r/{:016x}", tables.len(), d.finalize()))
 }
 
 /// `PRAGMA integrity_check` returns exactly `ok`.
@@ -125,9 +113,7 @@ pub fn integrity_ok(db: &Path) -> Result<bool> {
 pub fn integrity_check(db: &Path) -> Result<String> {
     let conn = open_ro(db)?;
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
-    let lines: Vec<String> = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let lines: Vec<String> = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>()?;
     Ok(lines.join("\n"))
 }
 
@@ -150,15 +136,9 @@ pub fn page_checksum_one(pgno: u32, data: &[u8]) -> u64 {
 pub fn page_checksum(db: &Path) -> Result<u64> {
     let bytes = std::fs::read(db).with_context(|| format!("read {}", db.display()))?;
     if bytes.len() < 100 || !bytes.starts_with(b"SQLite format 3\0") {
-        bail!(
-            "{} is not a SQLite database ({} bytes)",
-            db.display(),
-            bytes.len()
-        );
+        bail!("{} is not a SQLite database ({} bytes)", db.display(), bytes.len());
     }
-    let be32 = |off: usize| {
-        u32::from_be_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
-    };
+    let be32 = |off: usize| u32::from_be_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]);
     let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
         1 => 65536usize,
         n => n as usize,
@@ -168,17 +148,9 @@ pub fn page_checksum(db: &Path) -> Result<u64> {
     }
     // The header's page count is valid when "version-valid-for" matches the change counter.
     let header_count = be32(28) as usize;
-    let page_count = if header_count > 0 && be32(92) == be32(24) {
-        header_count
-    } else {
-        bytes.len() / page_size
-    };
+    let page_count = if header_count > 0 && be32(92) == be32(24) { header_count } else { bytes.len() / page_size };
     if bytes.len() < page_count * page_size {
-        bail!(
-            "{}: {} bytes is shorter than {page_count} pages of {page_size}",
-            db.display(),
-            bytes.len()
-        );
+        bail!("{}: {} bytes is shorter than {page_count} pages of {page_size}", db.display(), bytes.len());
     }
     let lock_page = 0x4000_0000 / page_size + 1;
     let mut sum = 0u64;

@@ -7,10 +7,7 @@ use crc::Digest;
 use super::checksum::{hasher, DatabaseChecksum};
 use super::encoder::put_uvarint;
 use super::header::{check_page_order, check_snapshot_complete};
-use super::{
-    Header, LtxError, Trailer, CHECKSUM_FLAG, HEADER_SIZE, PAGE_FLAG_SIZE, PAGE_HEADER_SIZE,
-    TRAILER_SIZE,
-};
+use super::{Header, LtxError, Trailer, CHECKSUM_FLAG, HEADER_SIZE, PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, TRAILER_SIZE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -62,8 +59,7 @@ impl<R: Read> Decoder<R> {
             hash,
             read: HEADER_SIZE as u64,
             prev_pgno: 0,
-            db_checksum: (header.is_snapshot() && !header.no_checksum())
-                .then(DatabaseChecksum::default),
+            db_checksum: (header.is_snapshot() && !header.no_checksum()).then(DatabaseChecksum::default),
             expected_index: hasher(),
             expected_index_len: 0,
             compressed: vec![0; max_compressed],
@@ -86,24 +82,15 @@ impl<R: Read> Decoder<R> {
             State::Pages => {}
             State::Index => return Ok(None),
             State::Failed => {
-                return Err(LtxError::InvalidState(
-                    "decoder failed on an earlier page and cannot continue",
-                ))
+                return Err(LtxError::InvalidState("decoder failed on an earlier page and cannot continue"))
             }
         }
         if buf.len() != self.header.page_size as usize {
-            return Err(LtxError::PageBufferSize {
-                actual: buf.len(),
-                expected: self.header.page_size,
-            });
+            return Err(LtxError::PageBufferSize { actual: buf.len(), expected: self.header.page_size });
         }
         self.state = State::Failed;
         let page = self.read_page(buf)?;
-        self.state = if page.is_some() {
-            State::Pages
-        } else {
-            State::Index
-        };
+        self.state = if page.is_some() { State::Pages } else { State::Index };
         Ok(page)
     }
 
@@ -111,12 +98,7 @@ impl<R: Read> Decoder<R> {
         let offset = self.read;
         let mut page_header = [0u8; PAGE_HEADER_SIZE];
         self.read_hashed(&mut page_header)?;
-        let pgno = u32::from_be_bytes([
-            page_header[0],
-            page_header[1],
-            page_header[2],
-            page_header[3],
-        ]);
+        let pgno = u32::from_be_bytes([page_header[0], page_header[1], page_header[2], page_header[3]]);
         let flags = u16::from_be_bytes([page_header[4], page_header[5]]);
         if pgno == 0 && flags == 0 {
             if self.header.is_snapshot() {
@@ -130,22 +112,14 @@ impl<R: Read> Decoder<R> {
         if pgno == 0 || flags != PAGE_FLAG_SIZE {
             return Err(LtxError::InvalidPageHeader { pgno, flags });
         }
-        check_page_order(
-            self.header.is_snapshot(),
-            self.lock_pgno,
-            self.header.commit,
-            self.prev_pgno,
-            pgno,
-        )?;
+        check_page_order(self.header.is_snapshot(), self.lock_pgno, self.header.commit, self.prev_pgno, pgno)?;
 
         let mut size = [0u8; 4];
         self.read_hashed(&mut size)?;
         let size = u32::from_be_bytes(size);
         let max = self.compressed.len();
-        let compressed = self
-            .compressed
-            .get_mut(..size as usize)
-            .ok_or(LtxError::CompressedSizeTooLarge { pgno, size, max })?;
+        let compressed =
+            self.compressed.get_mut(..size as usize).ok_or(LtxError::CompressedSizeTooLarge { pgno, size, max })?;
         read_exact(&mut self.r, compressed)?;
         self.read += u64::from(size);
         let n = lz4_flex::block::decompress_into(compressed, buf)
@@ -179,9 +153,7 @@ impl<R: Read> Decoder<R> {
     /// Call after [`Decoder::next_page`] returned `Ok(None)`.
     pub fn finish(mut self) -> Result<Trailer, LtxError> {
         if self.state != State::Index {
-            return Err(LtxError::InvalidState(
-                "finish called before the end of the page block",
-            ));
+            return Err(LtxError::InvalidState("finish called before the end of the page block"));
         }
 
         // Page index: (pgno, offset, size) varint triples in pgno order, a zero
@@ -199,9 +171,7 @@ impl<R: Read> Decoder<R> {
             let offset = self.read_uvarint()?;
             let size = self.read_uvarint()?;
             if pgno <= prev || pgno > u64::from(u32::MAX) {
-                return Err(LtxError::InvalidPageIndex(format!(
-                    "page {pgno} listed after page {prev}"
-                )));
+                return Err(LtxError::InvalidPageIndex(format!("page {pgno} listed after page {prev}")));
             }
             prev = pgno;
             let mut entry = Vec::with_capacity(30);
@@ -220,8 +190,8 @@ impl<R: Read> Decoder<R> {
                 "declared length {declared} but the index is {index_len} bytes"
             )));
         }
-        let index_matches = actual_index_len == self.expected_index_len
-            && actual_index.finalize() == self.expected_index.finalize();
+        let index_matches =
+            actual_index_len == self.expected_index_len && actual_index.finalize() == self.expected_index.finalize();
 
         let mut trailer_bytes = [0u8; TRAILER_SIZE];
         read_exact(&mut self.r, &mut trailer_bytes)?;
@@ -234,15 +204,10 @@ impl<R: Read> Decoder<R> {
 
         let actual = CHECKSUM_FLAG | self.hash.finalize();
         if actual != trailer.file_checksum {
-            return Err(LtxError::FileChecksumMismatch {
-                expected: trailer.file_checksum,
-                actual,
-            });
+            return Err(LtxError::FileChecksumMismatch { expected: trailer.file_checksum, actual });
         }
         if !index_matches {
-            return Err(LtxError::InvalidPageIndex(
-                "entries do not match the pages in the file".into(),
-            ));
+            return Err(LtxError::InvalidPageIndex("entries do not match the pages in the file".into()));
         }
         trailer.validate(&self.header)?;
         if let Some(sum) = self.db_checksum {
@@ -278,9 +243,7 @@ impl<R: Read> Decoder<R> {
             }
             value |= u64::from(b & 0x7f) << (7 * i);
         }
-        Err(LtxError::InvalidPageIndex(
-            "varint overflows 64 bits".into(),
-        ))
+        Err(LtxError::InvalidPageIndex("varint overflows 64 bits".into()))
     }
 }
 

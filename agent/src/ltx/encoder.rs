@@ -65,22 +65,12 @@ impl<W: Write> Encoder<W> {
     pub fn encode_page(&mut self, pgno: u32, data: &[u8]) -> Result<(), LtxError> {
         self.check_usable()?;
         if data.len() != self.header.page_size as usize {
-            return Err(LtxError::PageBufferSize {
-                actual: data.len(),
-                expected: self.header.page_size,
-            });
+            return Err(LtxError::PageBufferSize { actual: data.len(), expected: self.header.page_size });
         }
-        check_page_order(
-            self.header.is_snapshot(),
-            self.lock_pgno,
-            self.header.commit,
-            self.prev_pgno,
-            pgno,
-        )?;
+        check_page_order(self.header.is_snapshot(), self.lock_pgno, self.header.commit, self.prev_pgno, pgno)?;
         let size = lz4_flex::block::compress_into(data, &mut self.compressed)
             .map_err(|e| LtxError::Compress(format!("page {pgno}: {e}")))?;
-        let size_field = u32::try_from(size)
-            .map_err(|_| LtxError::Compress(format!("page {pgno}: {size} bytes")))?;
+        let size_field = u32::try_from(size).map_err(|_| LtxError::Compress(format!("page {pgno}: {size} bytes")))?;
 
         self.broken = true;
         let offset = self.written;
@@ -112,11 +102,7 @@ impl<W: Write> Encoder<W> {
         }
         // Validate before writing anything; the flag bit stands in for the
         // file checksum, which always carries it.
-        Trailer {
-            post_apply_checksum,
-            file_checksum: CHECKSUM_FLAG,
-        }
-        .validate(&self.header)?;
+        Trailer { post_apply_checksum, file_checksum: CHECKSUM_FLAG }.validate(&self.header)?;
         if self.header.commit == 0 && post_apply_checksum != CHECKSUM_FLAG {
             return Err(LtxError::InvalidTrailer(format!(
                 "an empty database (commit 0) must have post-apply checksum {CHECKSUM_FLAG:#018x}, \
@@ -133,10 +119,7 @@ impl<W: Write> Encoder<W> {
 
         let post = post_apply_checksum.to_be_bytes();
         self.hash.update(&post);
-        let trailer = Trailer {
-            post_apply_checksum,
-            file_checksum: CHECKSUM_FLAG | self.hash.finalize(),
-        };
+        let trailer = Trailer { post_apply_checksum, file_checksum: CHECKSUM_FLAG | self.hash.finalize() };
         self.w.write_all(&trailer.to_bytes())?;
         self.w.flush()?;
         self.written += super::TRAILER_SIZE as u64;
@@ -145,9 +128,7 @@ impl<W: Write> Encoder<W> {
 
     fn check_usable(&self) -> Result<(), LtxError> {
         if self.broken {
-            return Err(LtxError::InvalidState(
-                "encoder failed on an earlier write and cannot continue",
-            ));
+            return Err(LtxError::InvalidState("encoder failed on an earlier write and cannot continue"));
         }
         Ok(())
     }
@@ -199,14 +180,8 @@ mod tests {
     #[test]
     fn encoder_refuses_invalid_header_without_writing() {
         let mut out = Vec::new();
-        let bad = Header {
-            page_size: 1000,
-            ..header(1, 1)
-        };
-        assert!(matches!(
-            Encoder::new(&mut out, bad),
-            Err(LtxError::InvalidHeader(_))
-        ));
+        let bad = Header { page_size: 1000, ..header(1, 1) };
+        assert!(matches!(Encoder::new(&mut out, bad), Err(LtxError::InvalidHeader(_))));
         assert!(out.is_empty());
     }
 
@@ -215,47 +190,23 @@ mod tests {
         let mut enc = Encoder::new(Vec::new(), header(2, 3)).expect("new encoder");
         assert!(matches!(
             enc.encode_page(1, &[0u8; 100]),
-            Err(LtxError::PageBufferSize {
-                actual: 100,
-                expected: 512
-            })
+            Err(LtxError::PageBufferSize { actual: 100, expected: 512 })
         ));
-        assert!(matches!(
-            enc.encode_page(4, &[0u8; 512]),
-            Err(LtxError::PageOutOfBounds { pgno: 4, commit: 3 })
-        ));
+        assert!(matches!(enc.encode_page(4, &[0u8; 512]), Err(LtxError::PageOutOfBounds { pgno: 4, commit: 3 })));
         enc.encode_page(2, &[0u8; 512]).expect("page 2");
-        assert!(matches!(
-            enc.encode_page(2, &[0u8; 512]),
-            Err(LtxError::PageOrder { .. })
-        ));
-        assert!(matches!(
-            enc.encode_page(1, &[0u8; 512]),
-            Err(LtxError::PageOrder { .. })
-        ));
+        assert!(matches!(enc.encode_page(2, &[0u8; 512]), Err(LtxError::PageOrder { .. })));
+        assert!(matches!(enc.encode_page(1, &[0u8; 512]), Err(LtxError::PageOrder { .. })));
         enc.encode_page(3, &[0u8; 512]).expect("page 3");
     }
 
     #[test]
     fn snapshot_must_be_complete_and_start_at_one() {
         let mut enc = Encoder::new(Vec::new(), header(1, 3)).expect("new encoder");
-        assert!(matches!(
-            enc.encode_page(2, &[1u8; 512]),
-            Err(LtxError::PageOrder { .. })
-        ));
+        assert!(matches!(enc.encode_page(2, &[1u8; 512]), Err(LtxError::PageOrder { .. })));
         enc.encode_page(1, &[1u8; 512]).expect("page 1");
-        assert!(matches!(
-            enc.encode_page(3, &[1u8; 512]),
-            Err(LtxError::PageOrder { .. })
-        ));
+        assert!(matches!(enc.encode_page(3, &[1u8; 512]), Err(LtxError::PageOrder { .. })));
         enc.encode_page(2, &[1u8; 512]).expect("page 2");
-        assert!(matches!(
-            enc.finish(CHECKSUM_FLAG | 1),
-            Err(LtxError::IncompleteSnapshot {
-                last: 2,
-                expected: 3
-            })
-        ));
+        assert!(matches!(enc.finish(CHECKSUM_FLAG | 1), Err(LtxError::IncompleteSnapshot { last: 2, expected: 3 })));
     }
 
     #[test]
@@ -263,10 +214,7 @@ mod tests {
         let enc = Encoder::new(Vec::new(), header(2, 1)).expect("new encoder");
         assert!(matches!(enc.finish(5), Err(LtxError::InvalidTrailer(_))));
         let enc = Encoder::new(Vec::new(), header(2, 0)).expect("new encoder");
-        assert!(matches!(
-            enc.finish(CHECKSUM_FLAG | 5),
-            Err(LtxError::InvalidTrailer(_))
-        ));
+        assert!(matches!(enc.finish(CHECKSUM_FLAG | 5), Err(LtxError::InvalidTrailer(_))));
         let enc = Encoder::new(Vec::new(), header(2, 0)).expect("new encoder");
         let (out, _) = enc.finish(CHECKSUM_FLAG).expect("deletion file");
         // header + end marker + index terminator + index size + trailer

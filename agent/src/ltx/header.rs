@@ -1,10 +1,7 @@
 //! Header and trailer frames, and the page-order rules shared by the encoder
 //! and the decoder.
 
-use super::{
-    LtxError, CHECKSUM_FLAG, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, MAGIC, MAX_PAGE_SIZE,
-    TRAILER_SIZE,
-};
+use super::{LtxError, CHECKSUM_FLAG, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, MAGIC, MAX_PAGE_SIZE, TRAILER_SIZE};
 
 /// The byte offset of SQLite's lock byte range (`PENDING_BYTE`).
 const PENDING_BYTE: u32 = 0x4000_0000;
@@ -56,10 +53,7 @@ impl Header {
     /// Parses a header frame. Checks the magic but not the field rules; call
     /// [`Header::validate`] for those.
     pub fn from_bytes(b: &[u8]) -> Result<Header, LtxError> {
-        let b: &[u8; HEADER_SIZE] = b
-            .get(..HEADER_SIZE)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(LtxError::Truncated)?;
+        let b: &[u8; HEADER_SIZE] = b.get(..HEADER_SIZE).and_then(|s| s.try_into().ok()).ok_or(LtxError::Truncated)?;
         let magic = [b[0], b[1], b[2], b[3]];
         if &magic != MAGIC {
             return Err(LtxError::BadMagic { found: magic });
@@ -102,10 +96,7 @@ impl Header {
             return invalid(format!("unknown flags {:#010x}", self.flags));
         }
         if !is_valid_page_size(self.page_size) {
-            return invalid(format!(
-                "page size {} is not a power of two in 512..=65536",
-                self.page_size
-            ));
+            return invalid(format!("page size {} is not a power of two in 512..=65536", self.page_size));
         }
         if self.min_txid == 0 {
             return invalid("minimum transaction id is zero".into());
@@ -114,10 +105,7 @@ impl Header {
             return invalid("maximum transaction id is zero".into());
         }
         if self.min_txid > self.max_txid {
-            return invalid(format!(
-                "transaction ids out of order: min {} > max {}",
-                self.min_txid, self.max_txid
-            ));
+            return invalid(format!("transaction ids out of order: min {} > max {}", self.min_txid, self.max_txid));
         }
         if self.wal_offset < 0 {
             return invalid(format!("negative wal offset {}", self.wal_offset));
@@ -169,14 +157,9 @@ impl Trailer {
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Trailer, LtxError> {
-        let b: &[u8; TRAILER_SIZE] = b
-            .get(..TRAILER_SIZE)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(LtxError::Truncated)?;
-        Ok(Trailer {
-            post_apply_checksum: be_u64(b, 0),
-            file_checksum: be_u64(b, 8),
-        })
+        let b: &[u8; TRAILER_SIZE] =
+            b.get(..TRAILER_SIZE).and_then(|s| s.try_into().ok()).ok_or(LtxError::Truncated)?;
+        Ok(Trailer { post_apply_checksum: be_u64(b, 0), file_checksum: be_u64(b, 8) })
     }
 
     /// Checks the same rules as ltx's `Trailer.Validate`.
@@ -225,11 +208,7 @@ pub(super) fn check_page_order(
     pgno: u32,
 ) -> Result<(), LtxError> {
     if pgno == 0 {
-        return Err(LtxError::PageOrder {
-            prev,
-            pgno,
-            reason: "page numbers start at 1",
-        });
+        return Err(LtxError::PageOrder { prev, pgno, reason: "page numbers start at 1" });
     }
     if pgno > commit {
         return Err(LtxError::PageOutOfBounds { pgno, commit });
@@ -242,11 +221,8 @@ pub(super) fn check_page_order(
         if prev == 0 && pgno != 1 {
             return order("a snapshot must start with page 1");
         }
-        let expected = if prev.checked_add(1) == Some(lock_pgno) {
-            prev.saturating_add(2)
-        } else {
-            prev.saturating_add(1)
-        };
+        let expected =
+            if prev.checked_add(1) == Some(lock_pgno) { prev.saturating_add(2) } else { prev.saturating_add(1) };
         if prev != 0 && pgno != expected {
             return order("a snapshot must hold every page in sequence except the lock page");
         }
@@ -257,16 +233,8 @@ pub(super) fn check_page_order(
 }
 
 /// After the last page of a snapshot: it must have reached the commit size.
-pub(super) fn check_snapshot_complete(
-    lock_pgno: u32,
-    commit: u32,
-    last: u32,
-) -> Result<(), LtxError> {
-    let expected = if commit == lock_pgno {
-        commit.saturating_sub(1)
-    } else {
-        commit
-    };
+pub(super) fn check_snapshot_complete(lock_pgno: u32, commit: u32, last: u32) -> Result<(), LtxError> {
+    let expected = if commit == lock_pgno { commit.saturating_sub(1) } else { commit };
     if last != expected {
         return Err(LtxError::IncompleteSnapshot { last, expected });
     }

@@ -60,11 +60,7 @@ pub enum LtxError {
     )]
     LegacyPageFormat { pgno: u32 },
     #[error("page {pgno} out of order after page {prev}: {reason}")]
-    PageOrder {
-        prev: u32,
-        pgno: u32,
-        reason: &'static str,
-    },
+    PageOrder { prev: u32, pgno: u32, reason: &'static str },
     #[error("page {pgno} is beyond the commit size of {commit} pages")]
     PageOutOfBounds { pgno: u32, commit: u32 },
     #[error("page {pgno} is the sqlite lock page and is never stored in ltx files")]
@@ -81,13 +77,9 @@ pub enum LtxError {
     Decompress(String),
     #[error("invalid page index: {0}")]
     InvalidPageIndex(String),
-    #[error(
-        "file checksum mismatch: trailer has {expected:#018x}, contents hash to {actual:#018x}"
-    )]
+    #[error("file checksum mismatch: trailer has {expected:#018x}, contents hash to {actual:#018x}")]
     FileChecksumMismatch { expected: u64, actual: u64 },
-    #[error(
-        "post-apply checksum mismatch: trailer has {expected:#018x}, snapshot pages give {actual:#018x}"
-    )]
+    #[error("post-apply checksum mismatch: trailer has {expected:#018x}, snapshot pages give {actual:#018x}")]
     PostApplyChecksumMismatch { expected: u64, actual: u64 },
     #[error("truncated ltx file")]
     Truncated,

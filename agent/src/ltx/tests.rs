@@ -6,26 +6,13 @@ use super::header::{check_page_order, check_snapshot_complete};
 use super::*;
 
 fn snapshot_header(page_size: u32, commit: u32) -> Header {
-    Header {
-        page_size,
-        commit,
-        min_txid: 1,
-        max_txid: 1,
-        timestamp_ms: 1_700_000_000_123,
-        ..Header::default()
-    }
+    Header { page_size, commit, min_txid: 1, max_txid: 1, timestamp_ms: 1_700_000_000_123, ..Header::default() }
 }
 
 fn page(pgno: u32, page_size: u32, seed: u8) -> Vec<u8> {
     // Half pattern, half repeated bytes: compressible but not trivially so.
     (0..page_size as usize)
-        .map(|i| {
-            if i < page_size as usize / 2 {
-                (i as u8).wrapping_mul(31) ^ seed ^ pgno as u8
-            } else {
-                seed
-            }
-        })
+        .map(|i| if i < page_size as usize / 2 { (i as u8).wrapping_mul(31) ^ seed ^ pgno as u8 } else { seed })
         .collect()
 }
 
@@ -60,20 +47,13 @@ fn snapshot_round_trip() {
     assert_eq!(t, trailer);
     assert_eq!(t.post_apply_checksum, db_checksum(&pages));
     // The trailer is the last 16 bytes and the file checksum is flagged.
-    assert_eq!(
-        Trailer::from_bytes(&bytes[bytes.len() - 16..]).expect("trailer"),
-        trailer
-    );
+    assert_eq!(Trailer::from_bytes(&bytes[bytes.len() - 16..]).expect("trailer"), trailer);
     assert_ne!(trailer.file_checksum & CHECKSUM_FLAG, 0);
 }
 
 #[test]
 fn incremental_round_trip() {
-    let pages = vec![
-        (2, page(2, 1024, 1)),
-        (9, page(9, 1024, 2)),
-        (40, page(40, 1024, 3)),
-    ];
+    let pages = vec![(2, page(2, 1024, 1)), (9, page(9, 1024, 2)), (40, page(40, 1024, 3))];
     let header = Header {
         page_size: 1024,
         commit: 40,
@@ -99,10 +79,7 @@ fn streaming_decoder_reports_pages_then_verifies() {
     let (bytes, trailer) = encode(snapshot_header(512, 3), &pages, db_checksum(&pages));
     let mut dec = Decoder::new(bytes.as_slice()).expect("header");
     let mut buf = vec![0u8; 512];
-    assert!(matches!(
-        dec.next_page(&mut [0u8; 10]),
-        Err(LtxError::PageBufferSize { .. })
-    ));
+    assert!(matches!(dec.next_page(&mut [0u8; 10]), Err(LtxError::PageBufferSize { .. })));
     for (pgno, data) in &pages {
         assert_eq!(dec.next_page(&mut buf).expect("page"), Some(*pgno));
         assert_eq!(&buf, data);
@@ -125,19 +102,14 @@ fn snapshot_with_wrong_post_apply_checksum_is_rejected() {
     let pages = vec![(1, page(1, 512, 0)), (2, page(2, 512, 1))];
     let (bytes, _) = encode(snapshot_header(512, 2), &pages, CHECKSUM_FLAG | 1);
     let err = decode_all(&bytes).expect_err("post-apply mismatch");
-    assert!(
-        matches!(err, LtxError::PostApplyChecksumMismatch { expected, .. } if expected == CHECKSUM_FLAG | 1)
-    );
+    assert!(matches!(err, LtxError::PostApplyChecksumMismatch { expected, .. } if expected == CHECKSUM_FLAG | 1));
     assert!(err.to_string().contains("0x8000000000000001"), "{err}");
 }
 
 #[test]
 fn no_checksum_snapshot_skips_post_apply_check() {
     let pages = vec![(1, page(1, 512, 0))];
-    let header = Header {
-        flags: HEADER_FLAG_NO_CHECKSUM,
-        ..snapshot_header(512, 1)
-    };
+    let header = Header { flags: HEADER_FLAG_NO_CHECKSUM, ..snapshot_header(512, 1) };
     let (bytes, trailer) = encode(header, &pages, 0);
     assert_eq!(decode_all(&bytes).expect("decode").2, trailer);
 }
@@ -149,16 +121,10 @@ fn malformed_files_give_named_errors() {
 
     let mut bad_magic = bytes.clone();
     bad_magic[0] = b'X';
-    assert!(matches!(
-        decode_all(&bad_magic),
-        Err(LtxError::BadMagic { .. })
-    ));
+    assert!(matches!(decode_all(&bad_magic), Err(LtxError::BadMagic { .. })));
 
     for cut in [0, 50, 100, 105, 120, bytes.len() - 20, bytes.len() - 1] {
-        assert!(
-            matches!(decode_all(&bytes[..cut]), Err(LtxError::Truncated)),
-            "cut at {cut}"
-        );
+        assert!(matches!(decode_all(&bytes[..cut]), Err(LtxError::Truncated)), "cut at {cut}");
     }
 
     let mut trailing = bytes.clone();
@@ -175,18 +141,12 @@ fn malformed_files_give_named_errors() {
     // A compressed size beyond the lz4 bound is refused before reading it.
     let mut huge = bytes.clone();
     huge[106..110].copy_from_slice(&u32::MAX.to_be_bytes());
-    assert!(matches!(
-        decode_all(&huge),
-        Err(LtxError::CompressedSizeTooLarge { .. })
-    ));
+    assert!(matches!(decode_all(&huge), Err(LtxError::CompressedSizeTooLarge { .. })));
 
     // Legacy lz4 frame pages (flags 0) are named, not misread.
     let mut legacy = bytes.clone();
     legacy[105] = 0;
-    assert!(matches!(
-        decode_all(&legacy),
-        Err(LtxError::LegacyPageFormat { pgno: 1 })
-    ));
+    assert!(matches!(decode_all(&legacy), Err(LtxError::LegacyPageFormat { pgno: 1 })));
 }
 
 #[test]
@@ -200,14 +160,8 @@ fn decompressed_length_must_be_page_size() {
     bytes.extend_from_slice(&short);
     let mut dec = Decoder::new(bytes.as_slice()).expect("header");
     let mut buf = vec![0u8; 512];
-    assert!(matches!(
-        dec.next_page(&mut buf),
-        Err(LtxError::Decompress(_))
-    ));
-    assert!(matches!(
-        dec.next_page(&mut buf),
-        Err(LtxError::InvalidState(_))
-    ));
+    assert!(matches!(dec.next_page(&mut buf), Err(LtxError::Decompress(_))));
+    assert!(matches!(dec.next_page(&mut buf), Err(LtxError::InvalidState(_))));
 }
 
 #[test]
@@ -232,11 +186,8 @@ fn encoding_the_lock_page_is_refused() {
     };
     let mut enc = Encoder::new(Vec::new(), header).expect("encoder");
     let data = vec![0u8; 65536];
-    assert!(
-        matches!(enc.encode_page(lock, &data), Err(LtxError::LockPage { pgno }) if pgno == lock)
-    );
-    enc.encode_page(lock + 1, &data)
-        .expect("page after the lock page");
+    assert!(matches!(enc.encode_page(lock, &data), Err(LtxError::LockPage { pgno }) if pgno == lock));
+    enc.encode_page(lock + 1, &data).expect("page after the lock page");
 }
 
 #[test]
@@ -249,30 +200,12 @@ fn snapshot_order_skips_the_lock_page() {
         prev = pgno;
     }
     check_snapshot_complete(lock, commit, prev).expect("complete");
-    assert!(matches!(
-        check_page_order(true, lock, commit, 3, 4),
-        Err(LtxError::LockPage { pgno: 4 })
-    ));
-    assert!(matches!(
-        check_page_order(true, lock, commit, 3, 6),
-        Err(LtxError::PageOrder { .. })
-    ));
-    assert!(matches!(
-        check_page_order(true, lock, commit, 2, 3 + 1),
-        Err(LtxError::LockPage { .. })
-    ));
-    assert!(matches!(
-        check_page_order(true, lock, commit, 1, 3),
-        Err(LtxError::PageOrder { .. })
-    ));
-    assert!(matches!(
-        check_page_order(true, lock, commit, 0, 2),
-        Err(LtxError::PageOrder { .. })
-    ));
-    assert!(matches!(
-        check_page_order(true, lock, commit, 6, 7),
-        Err(LtxError::PageOutOfBounds { .. })
-    ));
+    assert!(matches!(check_page_order(true, lock, commit, 3, 4), Err(LtxError::LockPage { pgno: 4 })));
+    assert!(matches!(check_page_order(true, lock, commit, 3, 6), Err(LtxError::PageOrder { .. })));
+    assert!(matches!(check_page_order(true, lock, commit, 2, 3 + 1), Err(LtxError::LockPage { .. })));
+    assert!(matches!(check_page_order(true, lock, commit, 1, 3), Err(LtxError::PageOrder { .. })));
+    assert!(matches!(check_page_order(true, lock, commit, 0, 2), Err(LtxError::PageOrder { .. })));
+    assert!(matches!(check_page_order(true, lock, commit, 6, 7), Err(LtxError::PageOutOfBounds { .. })));
     // A database ending just before the lock page: commit == lock, last page lock-1.
     check_snapshot_complete(lock, lock, lock - 1).expect("ends before lock page");
     assert!(check_snapshot_complete(lock, commit, 5).is_err());
@@ -288,86 +221,37 @@ fn snapshot_order_skips_the_lock_page() {
 fn header_validation_rules() {
     let ok = snapshot_header(4096, 1);
     ok.validate().expect("valid snapshot");
-    let incremental = Header {
-        min_txid: 2,
-        max_txid: 3,
-        pre_apply_checksum: CHECKSUM_FLAG | 1,
-        ..ok
-    };
+    let incremental = Header { min_txid: 2, max_txid: 3, pre_apply_checksum: CHECKSUM_FLAG | 1, ..ok };
     incremental.validate().expect("valid incremental");
     let bad = [
         Header { flags: 1, ..ok },
-        Header {
-            page_size: 256,
-            ..ok
-        },
-        Header {
-            page_size: 3000,
-            ..ok
-        },
-        Header {
-            page_size: 131072,
-            ..ok
-        },
+        Header { page_size: 256, ..ok },
+        Header { page_size: 3000, ..ok },
+        Header { page_size: 131072, ..ok },
         Header { min_txid: 0, ..ok },
-        Header {
-            min_txid: 4,
-            max_txid: 3,
-            ..incremental
-        },
-        Header {
-            pre_apply_checksum: CHECKSUM_FLAG,
-            ..ok
-        },
-        Header {
-            pre_apply_checksum: 0,
-            ..incremental
-        },
-        Header {
-            pre_apply_checksum: 1,
-            ..incremental
-        },
-        Header {
-            flags: HEADER_FLAG_NO_CHECKSUM,
-            ..incremental
-        },
-        Header {
-            wal_offset: -1,
-            ..ok
-        },
+        Header { min_txid: 4, max_txid: 3, ..incremental },
+        Header { pre_apply_checksum: CHECKSUM_FLAG, ..ok },
+        Header { pre_apply_checksum: 0, ..incremental },
+        Header { pre_apply_checksum: 1, ..incremental },
+        Header { flags: HEADER_FLAG_NO_CHECKSUM, ..incremental },
+        Header { wal_offset: -1, ..ok },
         Header { wal_size: 10, ..ok },
         Header { wal_salt1: 1, ..ok },
     ];
     for h in bad {
-        assert!(
-            matches!(h.validate(), Err(LtxError::InvalidHeader(_))),
-            "{h:?}"
-        );
+        assert!(matches!(h.validate(), Err(LtxError::InvalidHeader(_))), "{h:?}");
     }
-    let no_sum = Header {
-        flags: HEADER_FLAG_NO_CHECKSUM,
-        pre_apply_checksum: 0,
-        ..incremental
-    };
+    let no_sum = Header { flags: HEADER_FLAG_NO_CHECKSUM, pre_apply_checksum: 0, ..incremental };
     no_sum.validate().expect("no-checksum incremental");
     assert_eq!(Header::from_bytes(&ok.to_bytes()).expect("parse"), ok);
-    assert!(matches!(
-        Header::from_bytes(&[0u8; 10]),
-        Err(LtxError::Truncated)
-    ));
+    assert!(matches!(Header::from_bytes(&[0u8; 10]), Err(LtxError::Truncated)));
 }
 
 #[test]
 fn filenames() {
     assert_eq!(filename(1, 0x2a), "0000000000000001-000000000000002a.ltx");
-    assert_eq!(
-        parse_filename("0000000000000001-000000000000002a.ltx"),
-        Some((1, 0x2a))
-    );
-    assert_eq!(
-        parse_filename(&filename(u64::MAX, u64::MAX)),
-        Some((u64::MAX, u64::MAX))
-    );
+    assert_eq!(parse_filename("0000000000000001-000000000000002a.ltx"), Some((1, 0x2a)));
+    assert_eq!(parse_filename(&filename(u64::MAX, u64::MAX)), Some((u64::MAX, u64::MAX)));
     for bad in [
         "0000000000000001-000000000000002A.ltx",
         "000000000000001-000000000000002a.ltx",
@@ -388,14 +272,8 @@ fn page_sizes() -> impl Strategy<Value = u32> {
 /// A header plus pages that satisfy the format: a snapshot (all pages) or an
 /// incremental file (a random increasing subset).
 fn ltx_file() -> impl Strategy<Value = (Header, Vec<(u32, Vec<u8>)>)> {
-    (
-        page_sizes(),
-        1u32..12,
-        any::<bool>(),
-        any::<u64>(),
-        proptest::collection::vec(any::<u8>(), 12),
-    )
-        .prop_map(|(page_size, commit, snapshot, salt, seeds)| {
+    (page_sizes(), 1u32..12, any::<bool>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 12)).prop_map(
+        |(page_size, commit, snapshot, salt, seeds)| {
             let header = if snapshot {
                 snapshot_header(page_size, commit)
             } else {
@@ -414,9 +292,7 @@ fn ltx_file() -> impl Strategy<Value = (Header, Vec<(u32, Vec<u8>)>)> {
                     let seed = seeds[p as usize];
                     let data = if seed % 4 == 0 {
                         // Incompressible bytes exercise the lz4 bound.
-                        (0..page_size)
-                            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
-                            .collect()
+                        (0..page_size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed).collect()
                     } else {
                         page(p, page_size, seed)
                     };
@@ -424,7 +300,8 @@ fn ltx_file() -> impl Strategy<Value = (Header, Vec<(u32, Vec<u8>)>)> {
                 })
                 .collect();
             (header, pages)
-        })
+        },
+    )
 }
 
 /// Byte ranges of the lz4 data of each page frame in an encoded file.
@@ -485,10 +362,7 @@ fn decodes_litestream_files() {
     assert_eq!((h1.page_size, h1.commit as usize), (512, snapshot.len()));
     assert_eq!(&h1.to_bytes()[..], &GO_SNAPSHOT[..HEADER_SIZE]);
     assert_eq!(&snapshot[0].1[..16], b"SQLite format 3\0");
-    assert_eq!(
-        t1.to_bytes(),
-        GO_SNAPSHOT[GO_SNAPSHOT.len() - TRAILER_SIZE..]
-    );
+    assert_eq!(t1.to_bytes(), GO_SNAPSHOT[GO_SNAPSHOT.len() - TRAILER_SIZE..]);
 
     let (h2, changed, t2) = decode_all(GO_INCREMENTAL).expect("decode go incremental");
     assert_eq!((h2.min_txid, h2.max_txid, h2.page_size), (2, 2, 512));

@@ -16,11 +16,7 @@ pub enum ObjectStoreError {
     /// The store refused the credentials (401/403): check the access key, secret and bucket
     /// policy. Retrying does not help.
     #[error("{op} {key}: access denied: {message}")]
-    Auth {
-        op: &'static str,
-        key: String,
-        message: String,
-    },
+    Auth { op: &'static str, key: String, message: String },
 
     #[error("{op} {key} failed")]
     Other {
@@ -72,25 +68,11 @@ impl ObjectStoreError {
     }
 
     pub(crate) fn io(op: &'static str, key: &str, source: io::Error) -> ObjectStoreError {
-        ObjectStoreError::Io {
-            op,
-            key: key.to_string(),
-            source,
-        }
+        ObjectStoreError::Io { op, key: key.to_string(), source }
     }
 
-    pub(crate) fn other(
-        op: &'static str,
-        key: &str,
-        source: impl Into<BoxError>,
-        retryable: bool,
-    ) -> ObjectStoreError {
-        ObjectStoreError::Other {
-            op,
-            key: key.to_string(),
-            source: source.into(),
-            retryable,
-        }
+    pub(crate) fn other(op: &'static str, key: &str, source: impl Into<BoxError>, retryable: bool) -> ObjectStoreError {
+        ObjectStoreError::Other { op, key: key.to_string(), source: source.into(), retryable }
     }
 }
 

@@ -22,8 +22,7 @@ use chrono::{DateTime, Utc};
 
 use super::key::TEMP_PREFIX;
 use super::{
-    unquote_etag, Listing, ObjectMeta, ObjectStoreError, PutCondition, PutOptions, RequestCounts,
-    RequestKind,
+    unquote_etag, Listing, ObjectMeta, ObjectStoreError, PutCondition, PutOptions, RequestCounts, RequestKind,
 };
 
 #[derive(Clone, Debug)]
@@ -36,11 +35,7 @@ pub struct FileStore {
 impl FileStore {
     /// A store rooted at `root`, an absolute path; the directory is created on the first write.
     pub fn new(root: PathBuf) -> FileStore {
-        FileStore {
-            root,
-            counts: RequestCounts::default(),
-            if_match_lock: Arc::default(),
-        }
+        FileStore { root, counts: RequestCounts::default(), if_match_lock: Arc::default() }
     }
 
     pub fn root(&self) -> &Path {
@@ -86,13 +81,11 @@ impl FileStore {
         let (root, path, lock, opts, owned_key) = self.write_parts(key, opts);
         let source = source.to_path_buf();
         blocking("put_file", key, move || {
-            let mut input = File::open(&source)
-                .map_err(|err| ObjectStoreError::io("put_file: open source", &owned_key, err))?;
+            let mut input =
+                File::open(&source).map_err(|err| ObjectStoreError::io("put_file: open source", &owned_key, err))?;
             let modified = opts.timestamp.map(SystemTime::from);
-            let tmp = write_temp(&root, &path, modified, |file| {
-                io::copy(&mut input, file).map(drop)
-            })
-            .map_err(|err| ObjectStoreError::io("put_file", &owned_key, err))?;
+            let tmp = write_temp(&root, &path, modified, |file| io::copy(&mut input, file).map(drop))
+                .map_err(|err| ObjectStoreError::io("put_file", &owned_key, err))?;
             install(&tmp, &path, &opts.condition, &lock, "put_file", &owned_key)
         })
         .await
@@ -109,12 +102,7 @@ impl FileStore {
         .await
     }
 
-    pub(crate) async fn get_range(
-        &self,
-        key: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes, ObjectStoreError> {
+    pub(crate) async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, ObjectStoreError> {
         self.counts.record(RequestKind::Get);
         let path = self.path(key);
         let owned_key = key.to_string();
@@ -140,13 +128,9 @@ impl FileStore {
     ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, ObjectStoreError> {
         self.counts.record(RequestKind::Get);
         let io_err = |err| not_found_or_io("get_stream", key, err);
-        let file = tokio::fs::File::open(self.path(key))
-            .await
-            .map_err(io_err)?;
+        let file = tokio::fs::File::open(self.path(key)).await.map_err(io_err)?;
         if !file.metadata().await.map_err(io_err)?.is_file() {
-            return Err(ObjectStoreError::NotFound {
-                key: key.to_string(),
-            });
+            return Err(ObjectStoreError::NotFound { key: key.to_string() });
         }
         Ok(Box::new(file))
     }
@@ -164,11 +148,7 @@ impl FileStore {
         .await
     }
 
-    pub(crate) async fn list(
-        &self,
-        prefix: &str,
-        delimiter: Option<&str>,
-    ) -> Result<Listing, ObjectStoreError> {
+    pub(crate) async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, ObjectStoreError> {
         self.counts.record(RequestKind::List);
         let root = self.root.clone();
         let prefix = prefix.to_string();
@@ -197,9 +177,7 @@ impl FileStore {
                     Err(err) => return Err(ObjectStoreError::io("delete", key, err)),
                 }
                 if let Some(parent) = path.parent() {
-                    touched
-                        .entry(parent.to_path_buf())
-                        .or_insert_with(|| key.clone());
+                    touched.entry(parent.to_path_buf()).or_insert_with(|| key.clone());
                 }
             }
             // Deepest first, so a parent is pruned after its emptied children.
@@ -216,12 +194,7 @@ impl FileStore {
         .await
     }
 
-    pub(crate) async fn copy(
-        &self,
-        src_key: &str,
-        dst_key: &str,
-        opts: &PutOptions,
-    ) -> Result<(), ObjectStoreError> {
+    pub(crate) async fn copy(&self, src_key: &str, dst_key: &str, opts: &PutOptions) -> Result<(), ObjectStoreError> {
         self.counts.record(RequestKind::Copy);
         let (root, path, lock, opts, owned_dst) = self.write_parts(dst_key, opts);
         let src_path = self.path(src_key);
@@ -231,35 +204,21 @@ impl FileStore {
             let mut input = File::open(&src_path).map_err(src_err)?;
             let src_meta = input.metadata().map_err(src_err)?;
             if !src_meta.is_file() {
-                return Err(ObjectStoreError::NotFound {
-                    key: owned_src.clone(),
-                });
+                return Err(ObjectStoreError::NotFound { key: owned_src.clone() });
             }
             let modified = match opts.timestamp {
                 Some(timestamp) => Some(SystemTime::from(timestamp)),
                 None => src_meta.modified().ok(),
             };
-            let tmp = write_temp(&root, &path, modified, |file| {
-                io::copy(&mut input, file).map(drop)
-            })
-            .map_err(|err| ObjectStoreError::io("copy", &owned_dst, err))?;
+            let tmp = write_temp(&root, &path, modified, |file| io::copy(&mut input, file).map(drop))
+                .map_err(|err| ObjectStoreError::io("copy", &owned_dst, err))?;
             install(&tmp, &path, &opts.condition, &lock, "copy", &owned_dst).map(drop)
         })
         .await
     }
 
-    fn write_parts(
-        &self,
-        key: &str,
-        opts: &PutOptions,
-    ) -> (PathBuf, PathBuf, Arc<Mutex<()>>, PutOptions, String) {
-        (
-            self.root.clone(),
-            self.path(key),
-            self.if_match_lock.clone(),
-            opts.clone(),
-            key.to_string(),
-        )
+    fn write_parts(&self, key: &str, opts: &PutOptions) -> (PathBuf, PathBuf, Arc<Mutex<()>>, PutOptions, String) {
+        (self.root.clone(), self.path(key), self.if_match_lock.clone(), opts.clone(), key.to_string())
     }
 }
 
@@ -275,17 +234,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn is_not_found(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-    )
+    matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
 }
 
 fn not_found_or_io(op: &'static str, key: &str, err: io::Error) -> ObjectStoreError {
     if is_not_found(&err) || err.kind() == io::ErrorKind::IsADirectory {
-        ObjectStoreError::NotFound {
-            key: key.to_string(),
-        }
+        ObjectStoreError::NotFound { key: key.to_string() }
     } else {
         ObjectStoreError::io(op, key, err)
     }
@@ -317,9 +271,7 @@ fn write_temp(
     modified: Option<SystemTime>,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<PathBuf> {
-    let dir = dst
-        .parent()
-        .ok_or_else(|| io::Error::other("the key has no parent directory"))?;
+    let dir = dst.parent().ok_or_else(|| io::Error::other("the key has no parent directory"))?;
     let mut attempts = 0;
     let (tmp, mut file) = loop {
         create_dirs_durably(root, dir)?;
@@ -356,9 +308,7 @@ fn install(
     key: &str,
 ) -> Result<Option<String>, ObjectStoreError> {
     let io_err = |err| ObjectStoreError::io(op, key, err);
-    let precondition_failed = || ObjectStoreError::PreconditionFailed {
-        key: key.to_string(),
-    };
+    let precondition_failed = || ObjectStoreError::PreconditionFailed { key: key.to_string() };
     let result = match condition {
         PutCondition::None => fs::rename(tmp, dst).map_err(io_err),
         PutCondition::IfNoneMatch => match fs::hard_link(tmp, dst) {

@@ -14,12 +14,7 @@ pub(crate) const TEMP_PREFIX: &str = ".walfleet-tmp-";
 
 /// Checks an object key.
 pub fn validate_key(key: &str) -> Result<(), ObjectStoreError> {
-    let invalid = |reason| {
-        Err(ObjectStoreError::InvalidKey {
-            key: key.to_string(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(ObjectStoreError::InvalidKey { key: key.to_string(), reason });
     if key.is_empty() {
         return invalid("the key is empty");
     }
@@ -35,21 +30,13 @@ pub fn validate_prefix(prefix: &str) -> Result<(), ObjectStoreError> {
         return Ok(());
     }
     check_common(prefix.strip_suffix('/').unwrap_or(prefix)).map_err(|err| match err {
-        ObjectStoreError::InvalidKey { reason, .. } => ObjectStoreError::InvalidKey {
-            key: prefix.to_string(),
-            reason,
-        },
+        ObjectStoreError::InvalidKey { reason, .. } => ObjectStoreError::InvalidKey { key: prefix.to_string(), reason },
         other => other,
     })
 }
 
 fn check_common(key: &str) -> Result<(), ObjectStoreError> {
-    let invalid = |reason| {
-        Err(ObjectStoreError::InvalidKey {
-            key: key.to_string(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(ObjectStoreError::InvalidKey { key: key.to_string(), reason });
     if key.len() > MAX_KEY_LEN {
         return invalid("the key is longer than 1024 bytes");
     }
@@ -70,9 +57,7 @@ fn check_common(key: &str) -> Result<(), ObjectStoreError> {
             return invalid("the key contains a '.' or '..' segment");
         }
         if segment.starts_with(TEMP_PREFIX) {
-            return invalid(
-                "segments starting with '.walfleet-tmp-' are reserved for temporary files",
-            );
+            return invalid("segments starting with '.walfleet-tmp-' are reserved for temporary files");
         }
     }
     Ok(())

@@ -99,10 +99,7 @@ pub struct PutOptions {
 
 impl PutOptions {
     pub fn if_none_match() -> PutOptions {
-        PutOptions {
-            condition: PutCondition::IfNoneMatch,
-            timestamp: None,
-        }
+        PutOptions { condition: PutCondition::IfNoneMatch, timestamp: None }
     }
 
     pub fn with_timestamp(mut self, timestamp: DateTime<Utc>) -> PutOptions {
@@ -165,10 +162,7 @@ impl RequestCounts {
 
     /// All kinds with their counts, in [`RequestKind::ALL`] order.
     pub fn snapshot(&self) -> Vec<(RequestKind, u64)> {
-        RequestKind::ALL
-            .iter()
-            .map(|&kind| (kind, self.get(kind)))
-            .collect()
+        RequestKind::ALL.iter().map(|&kind| (kind, self.get(kind))).collect()
     }
 
     pub(crate) fn record(&self, kind: RequestKind) {
@@ -188,15 +182,10 @@ impl ObjectStore {
 
     /// Like [`ObjectStore::from_url`] with S3 settings given by the caller; parameters on the
     /// URL still win. Credentials left `None` come from the default AWS credentials chain.
-    pub async fn from_url_with(
-        url: &str,
-        settings: &S3Settings,
-    ) -> Result<ObjectStore, ObjectStoreError> {
+    pub async fn from_url_with(url: &str, settings: &S3Settings) -> Result<ObjectStore, ObjectStoreError> {
         match store_url::parse(url)? {
             store_url::StoreUrl::File { root } => Ok(ObjectStore::File(FileStore::new(root))),
-            store_url::StoreUrl::S3(s3_url) => {
-                Ok(ObjectStore::S3(S3Store::new(s3_url, settings).await?))
-            }
+            store_url::StoreUrl::S3(s3_url) => Ok(ObjectStore::S3(S3Store::new(s3_url, settings).await?)),
         }
     }
 
@@ -216,12 +205,7 @@ impl ObjectStore {
     }
 
     /// Writes `body` at `key`; returns the new etag when the backend reports one.
-    pub async fn put(
-        &self,
-        key: &str,
-        body: Bytes,
-        opts: &PutOptions,
-    ) -> Result<Option<String>, ObjectStoreError> {
+    pub async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<Option<String>, ObjectStoreError> {
         validate_key(key)?;
         match self {
             ObjectStore::File(store) => store.put(key, body, opts).await,
@@ -259,12 +243,7 @@ impl ObjectStore {
 
     /// Reads `len` bytes from `offset`; shorter when the object ends first. `len == 0` returns
     /// an empty body without a request.
-    pub async fn get_range(
-        &self,
-        key: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes, ObjectStoreError> {
+    pub async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, ObjectStoreError> {
         validate_key(key)?;
         if len == 0 {
             return Ok(Bytes::new());
@@ -300,11 +279,7 @@ impl ObjectStore {
     /// Every object whose key starts with `prefix` (a string prefix, relative to the root).
     /// With a delimiter, keys with the delimiter after the prefix are folded into
     /// `common_prefixes`.
-    pub async fn list(
-        &self,
-        prefix: &str,
-        delimiter: Option<&str>,
-    ) -> Result<Listing, ObjectStoreError> {
+    pub async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, ObjectStoreError> {
         validate_prefix(prefix)?;
         if delimiter == Some("") {
             return Err(ObjectStoreError::InvalidKey {
@@ -334,12 +309,7 @@ impl ObjectStore {
 
     /// Copies inside the store (server-side on S3). The timestamp is kept unless `opts` sets a
     /// new one; the condition applies to `dst_key`.
-    pub async fn copy(
-        &self,
-        src_key: &str,
-        dst_key: &str,
-        opts: &PutOptions,
-    ) -> Result<(), ObjectStoreError> {
+    pub async fn copy(&self, src_key: &str, dst_key: &str, opts: &PutOptions) -> Result<(), ObjectStoreError> {
         validate_key(src_key)?;
         validate_key(dst_key)?;
         match self {
@@ -353,10 +323,7 @@ impl ObjectStore {
     /// Puts `probe_key` twice with `If-None-Match: *` (after deleting a leftover probe) and
     /// deletes it afterwards. `true` means conditional creates are honoured one at a time; it
     /// says nothing about atomicity under races (s3s-fs honours them but is not atomic).
-    pub async fn probe_conditional_writes(
-        &self,
-        probe_key: &str,
-    ) -> Result<bool, ObjectStoreError> {
+    pub async fn probe_conditional_writes(&self, probe_key: &str) -> Result<bool, ObjectStoreError> {
         validate_key(probe_key)?;
         let opts = PutOptions::if_none_match();
         let body = Bytes::from_static(b"walfleet conditional write probe\n");
@@ -395,9 +362,7 @@ pub fn format_timestamp(timestamp: DateTime<Utc>) -> String {
 
 /// Parses any RFC 3339 timestamp into UTC.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text.trim())
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// Etags compare without their quotes: servers return them quoted, Ceph RGW only honours
@@ -405,7 +370,5 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
 pub(crate) fn unquote_etag(etag: &str) -> &str {
     let etag = etag.trim();
     let etag = etag.strip_prefix("W/").unwrap_or(etag);
-    etag.strip_prefix('"')
-        .and_then(|e| e.strip_suffix('"'))
-        .unwrap_or(etag)
+    etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag)
 }

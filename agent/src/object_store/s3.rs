@@ -13,9 +13,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
-};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -23,9 +21,9 @@ use futures::{StreamExt, TryStreamExt};
 use super::error::status_is_retryable;
 use super::store_url::{parse_endpoint, percent_encode_path, redact_endpoint, S3Url};
 use super::{
-    format_timestamp, parse_timestamp, unquote_etag, Listing, ObjectMeta, ObjectStoreError,
-    PutCondition, PutOptions, RequestCounts, RequestKind, MULTIPART_MAX_IN_FLIGHT,
-    MULTIPART_PART_SIZE, MULTIPART_THRESHOLD, TIMESTAMP_METADATA_KEY,
+    format_timestamp, parse_timestamp, unquote_etag, Listing, ObjectMeta, ObjectStoreError, PutCondition, PutOptions,
+    RequestCounts, RequestKind, MULTIPART_MAX_IN_FLIGHT, MULTIPART_PART_SIZE, MULTIPART_THRESHOLD,
+    TIMESTAMP_METADATA_KEY,
 };
 
 /// Adds `If-None-Match: *` or `If-Match: <etag>` to a put, copy or complete request. The etag
@@ -59,10 +57,7 @@ impl fmt::Debug for S3Credentials {
         f.debug_struct("S3Credentials")
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -83,11 +78,7 @@ impl S3Settings {
     /// Endpoint from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, region from `AWS_REGION` or
     /// `AWS_DEFAULT_REGION`; credentials from the default chain when the store is opened.
     pub fn from_env() -> S3Settings {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|value| !value.trim().is_empty())
-        };
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
         S3Settings {
             credentials: None,
             endpoint: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
@@ -109,25 +100,17 @@ pub struct S3Store {
 
 impl fmt::Debug for S3Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Store")
-            .field("url", &self.describe())
-            .finish()
+        f.debug_struct("S3Store").field("url", &self.describe()).finish()
     }
 }
 
 impl S3Store {
-    pub(crate) async fn new(
-        url: S3Url,
-        settings: &S3Settings,
-    ) -> Result<S3Store, ObjectStoreError> {
+    pub(crate) async fn new(url: S3Url, settings: &S3Settings) -> Result<S3Store, ObjectStoreError> {
         let endpoint = match url.endpoint {
             Some(endpoint) => Some(endpoint),
-            None => settings
-                .endpoint
-                .as_deref()
-                .map(parse_endpoint)
-                .transpose()
-                .map_err(ObjectStoreError::InvalidUrl)?,
+            None => {
+                settings.endpoint.as_deref().map(parse_endpoint).transpose().map_err(ObjectStoreError::InvalidUrl)?
+            }
         };
         let region = url.region.or_else(|| settings.region.clone());
         let region = region.unwrap_or_else(|| DEFAULT_REGION.to_string());
@@ -135,11 +118,7 @@ impl S3Store {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.clone()))
             .retry_config(RetryConfig::standard())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .build(),
-            )
+            .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build())
             .force_path_style(url.force_path_style.unwrap_or(endpoint.is_some()));
         config = match &settings.credentials {
             Some(creds) => config.credentials_provider(Credentials::new(
@@ -216,10 +195,8 @@ impl S3Store {
             request = request.metadata(TIMESTAMP_METADATA_KEY, format_timestamp(timestamp));
         }
         let request = with_condition!(request, &opts.condition);
-        let out = request
-            .send()
-            .await
-            .map_err(|err| condition_lost(map_sdk_error("put", key, err), &opts.condition))?;
+        let out =
+            request.send().await.map_err(|err| condition_lost(map_sdk_error("put", key, err), &opts.condition))?;
         Ok(non_empty(out.e_tag()))
     }
 
@@ -238,39 +215,20 @@ impl S3Store {
         if opts.condition == PutCondition::IfNoneMatch && self.head(key).await?.is_some() {
             // Fail before uploading; the completing request carries the condition too, but
             // some servers (Ceph RGW) ignore it there.
-            return Err(ObjectStoreError::PreconditionFailed {
-                key: key.to_string(),
-            });
+            return Err(ObjectStoreError::PreconditionFailed { key: key.to_string() });
         }
         let file = std::fs::File::open(path).map_err(io_err)?;
         let full_key = self.full_key(key);
-        let mut create = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full_key);
+        let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(&full_key);
         if let Some(timestamp) = opts.timestamp {
             create = create.metadata(TIMESTAMP_METADATA_KEY, format_timestamp(timestamp));
         }
         self.counts.record(RequestKind::Put);
-        let created = create
-            .send()
-            .await
-            .map_err(|err| map_sdk_error("create multipart upload", key, err))?;
-        let upload_id = created
-            .upload_id()
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| {
-                ObjectStoreError::other(
-                    "create multipart upload",
-                    key,
-                    "no upload id in the response",
-                    false,
-                )
-            })?;
-        let result = self
-            .upload_parts(key, &full_key, upload_id, Arc::new(file), size, opts)
-            .await;
+        let created = create.send().await.map_err(|err| map_sdk_error("create multipart upload", key, err))?;
+        let upload_id = created.upload_id().filter(|id| !id.is_empty()).ok_or_else(|| {
+            ObjectStoreError::other("create multipart upload", key, "no upload id in the response", false)
+        })?;
+        let result = self.upload_parts(key, &full_key, upload_id, Arc::new(file), size, opts).await;
         if result.is_err() {
             self.counts.record(RequestKind::Delete);
             let abort = self
@@ -310,8 +268,7 @@ impl S3Store {
                         .await
                         .map_err(|err| ObjectStoreError::io("put_file: read source", key, err))?;
                     let part_number = i32::try_from(index + 1).unwrap_or(i32::MAX);
-                    self.upload_part(key, full_key, upload_id, part_number, body)
-                        .await
+                    self.upload_part(key, full_key, upload_id, part_number, body).await
                 }
             })
             .buffer_unordered(MULTIPART_MAX_IN_FLIGHT)
@@ -324,19 +281,13 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(full_key)
             .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            );
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
         let request = with_condition!(request, &opts.condition);
         self.counts.record(RequestKind::Put);
-        let out = request.send().await.map_err(|err| {
-            condition_lost(
-                map_sdk_error("complete multipart upload", key, err),
-                &opts.condition,
-            )
-        })?;
+        let out = request
+            .send()
+            .await
+            .map_err(|err| condition_lost(map_sdk_error("complete multipart upload", key, err), &opts.condition))?;
         // Ceph RGW answers with an empty ETag.
         Ok(non_empty(out.e_tag()))
     }
@@ -366,10 +317,7 @@ impl S3Store {
             let message = format!("the server returned no etag for part {part_number}");
             ObjectStoreError::other("upload part", key, message, false)
         })?;
-        Ok(CompletedPart::builder()
-            .part_number(part_number)
-            .e_tag(etag)
-            .build())
+        Ok(CompletedPart::builder().part_number(part_number).e_tag(etag).build())
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Bytes, ObjectStoreError> {
@@ -382,20 +330,11 @@ impl S3Store {
             .send()
             .await
             .map_err(|err| map_sdk_error("get", key, err))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|err| ObjectStoreError::other("get", key, err, true))?;
+        let body = out.body.collect().await.map_err(|err| ObjectStoreError::other("get", key, err, true))?;
         Ok(body.into_bytes())
     }
 
-    pub(crate) async fn get_range(
-        &self,
-        key: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Bytes, ObjectStoreError> {
+    pub(crate) async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, ObjectStoreError> {
         self.counts.record(RequestKind::Get);
         let last = offset.saturating_add(len - 1);
         let result = self
@@ -409,28 +348,18 @@ impl S3Store {
         let out = match result {
             Ok(out) => out,
             // 416: the range starts at or past the end of the object.
-            Err(SdkError::ServiceError(ctx)) if ctx.raw().status().as_u16() == 416 => {
-                return Ok(Bytes::new())
-            }
+            Err(SdkError::ServiceError(ctx)) if ctx.raw().status().as_u16() == 416 => return Ok(Bytes::new()),
             Err(err) => return Err(map_sdk_error("get_range", key, err)),
         };
         let ranged = out.content_range().is_some();
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|err| ObjectStoreError::other("get_range", key, err, true))?
-            .into_bytes();
+        let body =
+            out.body.collect().await.map_err(|err| ObjectStoreError::other("get_range", key, err, true))?.into_bytes();
         if ranged {
             return Ok(body);
         }
         // The server ignored the Range header and sent the whole object.
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(body.len());
-        let end = usize::try_from(last.saturating_add(1))
-            .unwrap_or(usize::MAX)
-            .min(body.len());
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(body.len());
+        let end = usize::try_from(last.saturating_add(1)).unwrap_or(usize::MAX).min(body.len());
         Ok(body.slice(start..end))
     }
 
@@ -452,13 +381,7 @@ impl S3Store {
 
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectStoreError> {
         self.counts.record(RequestKind::Head);
-        let result = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await;
+        let result = self.client.head_object().bucket(&self.bucket).key(self.full_key(key)).send().await;
         let out = match result.map_err(|err| map_sdk_error("head", key, err)) {
             Ok(out) => out,
             Err(ObjectStoreError::NotFound { .. }) => return Ok(None),
@@ -470,23 +393,14 @@ impl S3Store {
             .and_then(|text| parse_timestamp(text));
         Ok(Some(ObjectMeta {
             key: key.to_string(),
-            size: out
-                .content_length()
-                .and_then(|len| u64::try_from(len).ok())
-                .unwrap_or(0),
+            size: out.content_length().and_then(|len| u64::try_from(len).ok()).unwrap_or(0),
             etag: non_empty(out.e_tag()),
-            last_modified: out
-                .last_modified()
-                .and_then(|t| SystemTime::try_from(*t).ok()),
+            last_modified: out.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
             timestamp,
         }))
     }
 
-    pub(crate) async fn list(
-        &self,
-        prefix: &str,
-        delimiter: Option<&str>,
-    ) -> Result<Listing, ObjectStoreError> {
+    pub(crate) async fn list(&self, prefix: &str, delimiter: Option<&str>) -> Result<Listing, ObjectStoreError> {
         let full_prefix = self.full_key(prefix);
         let mut listing = Listing::default();
         let mut continuation: Option<String> = None;
@@ -502,24 +416,16 @@ impl S3Store {
                 request = request.continuation_token(token);
             }
             self.counts.record(RequestKind::List);
-            let out = request
-                .send()
-                .await
-                .map_err(|err| map_sdk_error("list", prefix, err))?;
+            let out = request.send().await.map_err(|err| map_sdk_error("list", prefix, err))?;
             for object in out.contents() {
                 let Some(key) = object.key().and_then(|full| self.relative(full)) else {
                     continue;
                 };
                 listing.objects.push(ObjectMeta {
                     key: key.to_string(),
-                    size: object
-                        .size()
-                        .and_then(|size| u64::try_from(size).ok())
-                        .unwrap_or(0),
+                    size: object.size().and_then(|size| u64::try_from(size).ok()).unwrap_or(0),
                     etag: non_empty(object.e_tag()),
-                    last_modified: object
-                        .last_modified()
-                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                    last_modified: object.last_modified().and_then(|t| SystemTime::try_from(*t).ok()),
                     timestamp: None,
                 });
             }
@@ -550,11 +456,7 @@ impl S3Store {
                 .map(|key| ObjectIdentifier::builder().key(self.full_key(key)).build())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(build_err)?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(build_err)?;
+            let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(build_err)?;
             self.counts.record(RequestKind::Delete);
             let out = self
                 .client
@@ -564,24 +466,14 @@ impl S3Store {
                 .send()
                 .await
                 .map_err(|err| map_sdk_error("delete", first, err))?;
-            let failed = out
-                .errors()
-                .iter()
-                .find(|err| err.code() != Some("NoSuchKey"));
+            let failed = out.errors().iter().find(|err| err.code() != Some("NoSuchKey"));
             if let Some(failed) = failed {
                 let full = failed.key().unwrap_or_default();
                 let key = self.relative(full).unwrap_or(full);
                 let code = failed.code().unwrap_or("unknown");
-                let message = format!(
-                    "{code}: {}",
-                    failed.message().unwrap_or("no message from the server")
-                );
+                let message = format!("{code}: {}", failed.message().unwrap_or("no message from the server"));
                 if matches!(code, "AccessDenied" | "AllAccessDisabled") {
-                    return Err(ObjectStoreError::Auth {
-                        op: "delete",
-                        key: key.to_string(),
-                        message,
-                    });
+                    return Err(ObjectStoreError::Auth { op: "delete", key: key.to_string(), message });
                 }
                 let retryable = status_is_retryable(0, Some(code));
                 return Err(ObjectStoreError::other("delete", key, message, retryable));
@@ -590,40 +482,21 @@ impl S3Store {
         Ok(())
     }
 
-    pub(crate) async fn copy(
-        &self,
-        src_key: &str,
-        dst_key: &str,
-        opts: &PutOptions,
-    ) -> Result<(), ObjectStoreError> {
+    pub(crate) async fn copy(&self, src_key: &str, dst_key: &str, opts: &PutOptions) -> Result<(), ObjectStoreError> {
         self.counts.record(RequestKind::Copy);
-        let source = format!(
-            "{}/{}",
-            self.bucket,
-            percent_encode_path(&self.full_key(src_key))
-        );
-        let mut request = self
-            .client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(dst_key))
-            .copy_source(source);
+        let source = format!("{}/{}", self.bucket, percent_encode_path(&self.full_key(src_key)));
+        let mut request =
+            self.client.copy_object().bucket(&self.bucket).key(self.full_key(dst_key)).copy_source(source);
         if let Some(timestamp) = opts.timestamp {
             request = request
                 .metadata_directive(MetadataDirective::Replace)
                 .metadata(TIMESTAMP_METADATA_KEY, format_timestamp(timestamp));
         }
         let request = with_condition!(request, &opts.condition);
-        match request
-            .send()
-            .await
-            .map_err(|err| map_sdk_error("copy", dst_key, err))
-        {
+        match request.send().await.map_err(|err| map_sdk_error("copy", dst_key, err)) {
             Ok(_) => Ok(()),
             // Only the source can be missing.
-            Err(ObjectStoreError::NotFound { .. }) => Err(ObjectStoreError::NotFound {
-                key: src_key.to_string(),
-            }),
+            Err(ObjectStoreError::NotFound { .. }) => Err(ObjectStoreError::NotFound { key: src_key.to_string() }),
             Err(err) => Err(err),
         }
     }
@@ -633,9 +506,7 @@ impl S3Store {
 /// you read".
 fn condition_lost(err: ObjectStoreError, condition: &PutCondition) -> ObjectStoreError {
     match (err, condition) {
-        (ObjectStoreError::NotFound { key }, PutCondition::IfMatch(_)) => {
-            ObjectStoreError::PreconditionFailed { key }
-        }
+        (ObjectStoreError::NotFound { key }, PutCondition::IfMatch(_)) => ObjectStoreError::PreconditionFailed { key },
         (err, _) => err,
     }
 }
@@ -655,8 +526,7 @@ async fn read_at(file: Arc<std::fs::File>, offset: u64, len: u64) -> std::io::Re
     let len = usize::try_from(len).map_err(std::io::Error::other)?;
     let read = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .map(|()| Bytes::from(buf))
+        file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
     })
     .await;
     read.map_err(std::io::Error::other)?
@@ -687,12 +557,7 @@ where
             let status = ctx.raw().status().as_u16();
             let code = ctx.err().code().map(str::to_string);
             let message = ctx.err().message().unwrap_or("no message").to_string();
-            let request_id = ctx
-                .raw()
-                .headers()
-                .get("x-amz-request-id")
-                .unwrap_or("none")
-                .to_string();
+            let request_id = ctx.raw().headers().get("x-amz-request-id").unwrap_or("none").to_string();
             match (status, code.as_deref()) {
                 (404, Some("NoSuchBucket")) => ObjectStoreError::other(
                     op,
@@ -700,13 +565,9 @@ where
                     format!("bucket does not exist: {message} (HTTP 404 NoSuchBucket)"),
                     false,
                 ),
-                (404, _) => ObjectStoreError::NotFound {
-                    key: key.to_string(),
-                },
+                (404, _) => ObjectStoreError::NotFound { key: key.to_string() },
                 (412, _) | (_, Some("PreconditionFailed")) => {
-                    ObjectStoreError::PreconditionFailed {
-                        key: key.to_string(),
-                    }
+                    ObjectStoreError::PreconditionFailed { key: key.to_string() }
                 }
                 (401 | 403, _) => ObjectStoreError::Auth {
                     op,
@@ -725,18 +586,12 @@ where
                 }
             }
         }
-        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            ObjectStoreError::other(op, key, described(), true)
-        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => ObjectStoreError::other(op, key, described(), true),
         SdkError::DispatchFailure(failure) => {
             let text = described();
             if failure.is_other() && text.0.contains("credentials") {
                 // Credentials could not be loaded: a configuration problem.
-                return ObjectStoreError::Auth {
-                    op,
-                    key: key.to_string(),
-                    message: text.0,
-                };
+                return ObjectStoreError::Auth { op, key: key.to_string(), message: text.0 };
             }
             ObjectStoreError::other(op, key, text, !failure.is_user())
         }

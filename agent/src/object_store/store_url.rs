@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use super::key::validate_prefix;
 use super::ObjectStoreError;
 
-const USAGE: &str =
-    "use file:///abs/dir or s3://bucket/prefix[?endpoint=URL&region=R&forcePathStyle=true]";
+const USAGE: &str = "use file:///abs/dir or s3://bucket/prefix[?endpoint=URL&region=R&forcePathStyle=true]";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum StoreUrl {
@@ -26,11 +25,7 @@ pub(crate) struct S3Url {
 }
 
 pub(crate) fn parse(url: &str) -> Result<StoreUrl, ObjectStoreError> {
-    let invalid = |what: String| {
-        Err(ObjectStoreError::InvalidUrl(format!(
-            "{what} in {url:?}; {USAGE}"
-        )))
-    };
+    let invalid = |what: String| Err(ObjectStoreError::InvalidUrl(format!("{what} in {url:?}; {USAGE}")));
     let trimmed = url.trim();
     let Some((scheme, rest)) = trimmed.split_once("://") else {
         return invalid("no scheme".to_string());
@@ -51,24 +46,17 @@ fn parse_file(rest: &str) -> Result<StoreUrl, String> {
     }
     let path = if rest.starts_with('/') {
         rest
-    } else if let Some(path) = rest
-        .strip_prefix("localhost")
-        .filter(|p| p.starts_with('/'))
-    {
+    } else if let Some(path) = rest.strip_prefix("localhost").filter(|p| p.starts_with('/')) {
         path
     } else {
         let host = rest.split('/').next().unwrap_or(rest);
-        return Err(format!(
-            "a file URL needs an absolute path (three slashes: file:///dir), got host {host:?}"
-        ));
+        return Err(format!("a file URL needs an absolute path (three slashes: file:///dir), got host {host:?}"));
     };
     let path = percent_decode(path)?;
     if path.contains('\0') {
         return Err("the path contains a NUL byte".to_string());
     }
-    Ok(StoreUrl::File {
-        root: PathBuf::from(path),
-    })
+    Ok(StoreUrl::File { root: PathBuf::from(path) })
 }
 
 fn parse_s3(rest: &str) -> Result<StoreUrl, String> {
@@ -78,23 +66,15 @@ fn parse_s3(rest: &str) -> Result<StoreUrl, String> {
     };
     let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
     if bucket.contains('@') {
-        return Err(
-            "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
+        return Err("credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and \
                     AWS_SECRET_ACCESS_KEY"
-                .to_string(),
-        );
+            .to_string());
     }
     if bucket.is_empty() {
         return Err("the bucket name is missing".to_string());
     }
-    if bucket.len() > 255
-        || !bucket
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        return Err(format!(
-            "bucket name {bucket:?} may only contain letters, digits, '.', '-' and '_'"
-        ));
+    if bucket.len() > 255 || !bucket.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+        return Err(format!("bucket name {bucket:?} may only contain letters, digits, '.', '-' and '_'"));
     }
     let prefix = percent_decode(prefix)?;
     let prefix = prefix.trim_end_matches('/');
@@ -103,11 +83,7 @@ fn parse_s3(rest: &str) -> Result<StoreUrl, String> {
     }
     let mut parsed = S3Url {
         bucket: bucket.to_string(),
-        prefix: if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix}/")
-        },
+        prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") },
         ..S3Url::default()
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -124,19 +100,11 @@ fn parse_s3(rest: &str) -> Result<StoreUrl, String> {
                 let flag = match value.to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" => true,
                     "false" | "0" | "no" => false,
-                    _ => {
-                        return Err(format!(
-                            "forcePathStyle must be true or false, got {value:?}"
-                        ))
-                    }
+                    _ => return Err(format!("forcePathStyle must be true or false, got {value:?}")),
                 };
                 set_once(&mut parsed.force_path_style, &name, flag)?;
             }
-            _ => {
-                return Err(format!(
-                    "unknown query parameter {name:?} (supported: endpoint, region, forcePathStyle)"
-                ))
-            }
+            _ => return Err(format!("unknown query parameter {name:?} (supported: endpoint, region, forcePathStyle)")),
         }
     }
     Ok(StoreUrl::S3(parsed))

@@ -36,16 +36,9 @@ fn invalid_url(url: &str) -> String {
 fn file_urls_name_an_absolute_root() {
     assert_eq!(
         parse("file:///var/lib/replica").expect("parse"),
-        StoreUrl::File {
-            root: PathBuf::from("/var/lib/replica")
-        }
+        StoreUrl::File { root: PathBuf::from("/var/lib/replica") }
     );
-    assert_eq!(
-        parse("file://localhost/a%20b/").expect("parse"),
-        StoreUrl::File {
-            root: PathBuf::from("/a b/")
-        }
-    );
+    assert_eq!(parse("file://localhost/a%20b/").expect("parse"), StoreUrl::File { root: PathBuf::from("/a b/") });
     assert!(invalid_url("file://relative/dir").contains("absolute path"));
     assert!(invalid_url("file:///dir?x=1").contains("no query"));
     assert!(invalid_url("/plain/path").contains("no scheme"));
@@ -55,30 +48,17 @@ fn file_urls_name_an_absolute_root() {
 #[test]
 fn s3_urls_carry_bucket_prefix_and_options() {
     let url = s3_url("s3://bucket/db/main/");
-    assert_eq!(
-        (url.bucket.as_str(), url.prefix.as_str()),
-        ("bucket", "db/main/")
-    );
-    assert_eq!(
-        (url.endpoint, url.region, url.force_path_style),
-        (None, None, None)
-    );
+    assert_eq!((url.bucket.as_str(), url.prefix.as_str()), ("bucket", "db/main/"));
+    assert_eq!((url.endpoint, url.region, url.force_path_style), (None, None, None));
 
     assert_eq!(s3_url("s3://bucket").prefix, "");
     assert_eq!(s3_url("s3://bucket/").prefix, "");
 
-    let url = s3_url(
-        "s3://b/p?endpoint=http%3A%2F%2F127.0.0.1%3A9000%2F&region=eu-west-3&forcePathStyle=false",
-    );
+    let url = s3_url("s3://b/p?endpoint=http%3A%2F%2F127.0.0.1%3A9000%2F&region=eu-west-3&forcePathStyle=false");
     assert_eq!(url.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
     assert_eq!(url.region.as_deref(), Some("eu-west-3"));
     assert_eq!(url.force_path_style, Some(false));
-    assert_eq!(
-        s3_url("s3://b/p?endpoint=https://s3.example.com")
-            .endpoint
-            .as_deref(),
-        Some("https://s3.example.com")
-    );
+    assert_eq!(s3_url("s3://b/p?endpoint=https://s3.example.com").endpoint.as_deref(), Some("https://s3.example.com"));
 }
 
 #[test]
@@ -105,39 +85,21 @@ async fn describe_shows_no_secrets() {
         endpoint: Some("http://user:pass@127.0.0.1:9/".to_string()),
         region: None,
     };
-    let store = ObjectStore::from_url_with("s3://bucket/db", &settings)
-        .await
-        .expect("open");
+    let store = ObjectStore::from_url_with("s3://bucket/db", &settings).await.expect("open");
     assert_eq!(store.backend(), Backend::S3);
     let described = store.describe();
-    assert_eq!(
-        described,
-        "s3://bucket/db?region=us-east-1&endpoint=http://127.0.0.1:9"
-    );
+    assert_eq!(described, "s3://bucket/db?region=us-east-1&endpoint=http://127.0.0.1:9");
     assert!(!format!("{store:?}").contains(SECRET_KEY));
     assert!(!format!("{settings:?}").contains(SECRET_KEY));
-    assert_eq!(
-        redact_endpoint("https://s3.example.com/x@y"),
-        "https://s3.example.com/x@y"
-    );
+    assert_eq!(redact_endpoint("https://s3.example.com/x@y"), "https://s3.example.com/x@y");
 
-    let store = ObjectStore::from_url("file:///tmp/replica")
-        .await
-        .expect("open");
-    assert_eq!(
-        (store.backend(), store.describe()),
-        (Backend::File, "file:///tmp/replica".to_string())
-    );
+    let store = ObjectStore::from_url("file:///tmp/replica").await.expect("open");
+    assert_eq!((store.backend(), store.describe()), (Backend::File, "file:///tmp/replica".to_string()));
 }
 
 #[test]
 fn keys_map_onto_paths_unambiguously() {
-    for key in [
-        "a",
-        "gen/0001/ltx/0/0000000000000001-0000000000000001.ltx",
-        "a..b",
-        ".hidden",
-    ] {
+    for key in ["a", "gen/0001/ltx/0/0000000000000001-0000000000000001.ltx", "a..b", ".hidden"] {
         validate_key(key).unwrap_or_else(|err| panic!("{key:?} refused: {err}"));
     }
     let long = "k".repeat(1025);
@@ -175,14 +137,8 @@ fn timestamps_use_litestream_format() {
     assert_eq!(format_timestamp(ts), "2006-01-02T15:04:05.000Z");
     let ts = DateTime::from_timestamp_nanos(1_700_000_000_123_456_789);
     assert_eq!(format_timestamp(ts), "2023-11-14T22:13:20.123Z");
-    assert_eq!(
-        parse_timestamp("2023-11-14T22:13:20.123Z"),
-        DateTime::from_timestamp_millis(1_700_000_000_123)
-    );
-    assert_eq!(
-        parse_timestamp("2023-11-14T23:13:20.5+01:00"),
-        DateTime::from_timestamp_millis(1_700_000_000_500)
-    );
+    assert_eq!(parse_timestamp("2023-11-14T22:13:20.123Z"), DateTime::from_timestamp_millis(1_700_000_000_123));
+    assert_eq!(parse_timestamp("2023-11-14T23:13:20.5+01:00"), DateTime::from_timestamp_millis(1_700_000_000_500));
     assert_eq!(parse_timestamp("yesterday"), None);
 }
 
@@ -191,29 +147,17 @@ fn etags_compare_without_quotes() {
     assert_eq!(unquote_etag("\"abc\""), "abc");
     assert_eq!(unquote_etag("abc"), "abc");
     assert_eq!(unquote_etag("W/\"abc\""), "abc");
-    assert_eq!(
-        percent_encode_path("gen/a b+c%.ltx"),
-        "gen/a%20b%2Bc%25.ltx"
-    );
+    assert_eq!(percent_encode_path("gen/a b+c%.ltx"), "gen/a%20b%2Bc%25.ltx");
 }
 
 #[test]
 fn retryable_statuses() {
-    for (status, code) in [
-        (500, None),
-        (503, Some("SlowDown")),
-        (429, None),
-        (408, None),
-        (400, Some("RequestTimeout")),
-    ] {
+    for (status, code) in
+        [(500, None), (503, Some("SlowDown")), (429, None), (408, None), (400, Some("RequestTimeout"))]
+    {
         assert!(status_is_retryable(status, code), "{status} {code:?}");
     }
-    for (status, code) in [
-        (400, Some("InvalidArgument")),
-        (404, None),
-        (409, Some("BucketNotEmpty")),
-        (416, None),
-    ] {
+    for (status, code) in [(400, Some("InvalidArgument")), (404, None), (409, Some("BucketNotEmpty")), (416, None)] {
         assert!(!status_is_retryable(status, code), "{status} {code:?}");
     }
 }
@@ -227,11 +171,7 @@ const BUCKET: &str = "test";
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn test_credentials() -> S3Credentials {
-    S3Credentials {
-        access_key: ACCESS_KEY.to_string(),
-        secret_key: SECRET_KEY.to_string(),
-        session_token: None,
-    }
+    S3Credentials { access_key: ACCESS_KEY.to_string(), secret_key: SECRET_KEY.to_string(), session_token: None }
 }
 
 /// s3s-fs 0.14.1 with bucket `test` in its own temp dir, on a free port; killed on drop.
@@ -287,11 +227,7 @@ impl S3sFs {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|err| panic!("start {}: {err}", binary.display()));
-            let mut server = S3sFs {
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-                _data: data,
-            };
+            let mut server = S3sFs { child, endpoint: format!("http://127.0.0.1:{port}"), _data: data };
             match server.wait_ready().await {
                 Ok(()) => return server,
                 Err(err) => last_error = err,
@@ -331,9 +267,7 @@ impl S3sFs {
 
     async fn store(&self, prefix: &str) -> ObjectStore {
         let url = format!("s3://{BUCKET}/{prefix}");
-        ObjectStore::from_url_with(&url, &self.settings())
-            .await
-            .expect("open s3 store")
+        ObjectStore::from_url_with(&url, &self.settings()).await.expect("open s3 store")
     }
 }
 
@@ -348,22 +282,11 @@ async fn conformance(store: &ObjectStore) {
     delete_many_in_batches(store).await;
     copy_keeps_or_replaces_the_timestamp(store).await;
     put_file_small_and_multipart(store).await;
-    assert!(store
-        .probe_conditional_writes("probe/conditional")
-        .await
-        .expect("probe"));
-    assert_eq!(
-        store.head("probe/conditional").await.expect("head"),
-        None,
-        "probe left behind"
-    );
+    assert!(store.probe_conditional_writes("probe/conditional").await.expect("probe"));
+    assert_eq!(store.head("probe/conditional").await.expect("head"), None, "probe left behind");
     invalid_keys_are_refused(store).await;
     for kind in RequestKind::ALL {
-        assert!(
-            store.requests().get(kind) > 0,
-            "no {} request counted",
-            kind.as_str()
-        );
+        assert!(store.requests().get(kind) > 0, "no {} request counted", kind.as_str());
     }
 }
 
@@ -374,18 +297,11 @@ fn timestamp() -> DateTime<Utc> {
 async fn put_get_head(store: &ObjectStore) {
     let body = Bytes::from_static(b"hello, object store");
     let opts = PutOptions::default().with_timestamp(timestamp());
-    let etag = store
-        .put("basic/one", body.clone(), &opts)
-        .await
-        .expect("put");
+    let etag = store.put("basic/one", body.clone(), &opts).await.expect("put");
     assert!(etag.is_some(), "put returned no etag");
     assert_eq!(store.get("basic/one").await.expect("get"), body);
 
-    let meta = store
-        .head("basic/one")
-        .await
-        .expect("head")
-        .expect("object exists");
+    let meta = store.head("basic/one").await.expect("head").expect("object exists");
     assert_eq!(meta.key, "basic/one");
     assert_eq!(meta.size, body.len() as u64);
     assert_eq!(meta.etag, etag);
@@ -393,18 +309,8 @@ async fn put_get_head(store: &ObjectStore) {
     assert!(meta.last_modified.is_some());
 
     // Overwrite without a condition; a put without a timestamp has none on S3.
-    store
-        .put(
-            "basic/one",
-            Bytes::from_static(b"v2"),
-            &PutOptions::default(),
-        )
-        .await
-        .expect("overwrite");
-    assert_eq!(
-        store.get("basic/one").await.expect("get"),
-        Bytes::from_static(b"v2")
-    );
+    store.put("basic/one", Bytes::from_static(b"v2"), &PutOptions::default()).await.expect("overwrite");
+    assert_eq!(store.get("basic/one").await.expect("get"), Bytes::from_static(b"v2"));
 
     match store.get("basic/missing").await {
         Err(ObjectStoreError::NotFound { key }) => assert_eq!(key, "basic/missing"),
@@ -414,79 +320,43 @@ async fn put_get_head(store: &ObjectStore) {
     if store.backend() == Backend::File {
         // A directory is not an object. (s3s-fs answers HEAD of a "directory" with 500.)
         assert_eq!(store.head("basic").await.expect("head"), None);
-        assert!(matches!(
-            store.get("basic").await,
-            Err(ObjectStoreError::NotFound { .. })
-        ));
+        assert!(matches!(store.get("basic").await, Err(ObjectStoreError::NotFound { .. })));
     }
 }
 
 async fn conditional_puts(store: &ObjectStore) {
     let create = PutOptions::if_none_match();
-    let first = store
-        .put("cond/k", Bytes::from_static(b"1"), &create)
-        .await
-        .expect("create");
+    let first = store.put("cond/k", Bytes::from_static(b"1"), &create).await.expect("create");
     match store.put("cond/k", Bytes::from_static(b"2"), &create).await {
         Err(err @ ObjectStoreError::PreconditionFailed { .. }) => assert!(!err.is_retryable()),
         other => panic!("second If-None-Match create: {other:?}"),
     }
-    assert_eq!(
-        store.get("cond/k").await.expect("get"),
-        Bytes::from_static(b"1")
-    );
+    assert_eq!(store.get("cond/k").await.expect("get"), Bytes::from_static(b"1"));
 
     let first = first.expect("etag");
-    let replace = |etag: &str| PutOptions {
-        condition: PutCondition::IfMatch(etag.to_string()),
-        timestamp: None,
-    };
-    let second = store
-        .put("cond/k", Bytes::from_static(b"2"), &replace(&first))
-        .await
-        .expect("if-match");
+    let replace = |etag: &str| PutOptions { condition: PutCondition::IfMatch(etag.to_string()), timestamp: None };
+    let second = store.put("cond/k", Bytes::from_static(b"2"), &replace(&first)).await.expect("if-match");
     let second = second.expect("etag");
     assert_ne!(unquote_etag(&first), unquote_etag(&second));
     for stale in [first.as_str(), "\"0123456789abcdef\""] {
-        match store
-            .put("cond/k", Bytes::from_static(b"3"), &replace(stale))
-            .await
-        {
+        match store.put("cond/k", Bytes::from_static(b"3"), &replace(stale)).await {
             Err(ObjectStoreError::PreconditionFailed { .. }) => {}
             other => panic!("If-Match with stale etag {stale}: {other:?}"),
         }
     }
     // Quoted or bare, the current etag matches.
     let bare = unquote_etag(&second).to_string();
-    store
-        .put("cond/k", Bytes::from_static(b"4"), &replace(&bare))
-        .await
-        .expect("if-match bare");
-    assert_eq!(
-        store.get("cond/k").await.expect("get"),
-        Bytes::from_static(b"4")
-    );
-    match store
-        .put("cond/absent", Bytes::from_static(b"x"), &replace(&bare))
-        .await
-    {
+    store.put("cond/k", Bytes::from_static(b"4"), &replace(&bare)).await.expect("if-match bare");
+    assert_eq!(store.get("cond/k").await.expect("get"), Bytes::from_static(b"4"));
+    match store.put("cond/absent", Bytes::from_static(b"x"), &replace(&bare)).await {
         Err(ObjectStoreError::PreconditionFailed { .. }) => {}
         other => panic!("If-Match on a missing key: {other:?}"),
     }
 }
 
 async fn list_with_and_without_delimiter(store: &ObjectStore) {
-    for key in [
-        "list/dir/x/1",
-        "list/dir/x/2",
-        "list/dir/y/1",
-        "list/dir/top",
-        "list/dirt",
-    ] {
-        store
-            .put(key, Bytes::from(key.to_string()), &PutOptions::default())
-            .await
-            .expect("put");
+    for key in ["list/dir/x/1", "list/dir/x/2", "list/dir/y/1", "list/dir/top", "list/dirt"] {
+        store.put(key, Bytes::from(key.to_string()), &PutOptions::default()).await.expect("put");
     }
     let listing = store.list("list/dir/", Some("/")).await.expect("list");
     let keys: Vec<&str> = listing.objects.iter().map(|o| o.key.as_str()).collect();
@@ -496,16 +366,7 @@ async fn list_with_and_without_delimiter(store: &ObjectStore) {
 
     let listing = store.list("list/", None).await.expect("list");
     let keys: Vec<&str> = listing.objects.iter().map(|o| o.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "list/dir/top",
-            "list/dir/x/1",
-            "list/dir/x/2",
-            "list/dir/y/1",
-            "list/dirt"
-        ]
-    );
+    assert_eq!(keys, ["list/dir/top", "list/dir/x/1", "list/dir/x/2", "list/dir/y/1", "list/dirt"]);
     assert!(listing.common_prefixes.is_empty());
 
     // A prefix is a string prefix, not a directory.
@@ -515,65 +376,31 @@ async fn list_with_and_without_delimiter(store: &ObjectStore) {
     assert_eq!(listing.common_prefixes, ["list/dir/"]);
 
     let root = store.list("", Some("/")).await.expect("list root");
-    assert!(
-        root.common_prefixes.contains(&"list/".to_string()),
-        "{:?}",
-        root.common_prefixes
-    );
-    assert_eq!(
-        store.list("nothing/here/", None).await.expect("list"),
-        Listing::default()
-    );
+    assert!(root.common_prefixes.contains(&"list/".to_string()), "{:?}", root.common_prefixes);
+    assert_eq!(store.list("nothing/here/", None).await.expect("list"), Listing::default());
 }
 
 async fn ranges_and_streams(store: &ObjectStore) {
     let body = Bytes::from_static(b"0123456789");
-    store
-        .put("range/k", body.clone(), &PutOptions::default())
-        .await
-        .expect("put");
-    assert_eq!(
-        store.get_range("range/k", 2, 3).await.expect("range"),
-        Bytes::from_static(b"234")
-    );
-    assert_eq!(
-        store.get_range("range/k", 8, 10).await.expect("range"),
-        Bytes::from_static(b"89")
-    );
-    assert_eq!(
-        store.get_range("range/k", 10, 5).await.expect("range"),
-        Bytes::new()
-    );
-    assert_eq!(
-        store.get_range("range/k", 3, 0).await.expect("range"),
-        Bytes::new()
-    );
-    assert!(matches!(
-        store.get_range("range/missing", 0, 1).await,
-        Err(ObjectStoreError::NotFound { .. })
-    ));
+    store.put("range/k", body.clone(), &PutOptions::default()).await.expect("put");
+    assert_eq!(store.get_range("range/k", 2, 3).await.expect("range"), Bytes::from_static(b"234"));
+    assert_eq!(store.get_range("range/k", 8, 10).await.expect("range"), Bytes::from_static(b"89"));
+    assert_eq!(store.get_range("range/k", 10, 5).await.expect("range"), Bytes::new());
+    assert_eq!(store.get_range("range/k", 3, 0).await.expect("range"), Bytes::new());
+    assert!(matches!(store.get_range("range/missing", 0, 1).await, Err(ObjectStoreError::NotFound { .. })));
 
     let mut read = Vec::new();
     let mut stream = store.get_stream("range/k").await.expect("stream");
     stream.read_to_end(&mut read).await.expect("read stream");
     assert_eq!(read, body);
-    assert!(matches!(
-        store.get_stream("range/missing").await,
-        Err(ObjectStoreError::NotFound { .. })
-    ));
+    assert!(matches!(store.get_stream("range/missing").await, Err(ObjectStoreError::NotFound { .. })));
 }
 
 async fn delete_many_in_batches(store: &ObjectStore) {
     // More than one DeleteObjects batch and one LIST page (1000 keys each).
-    let keys: Vec<String> = (0..1005)
-        .map(|i| format!("many/{:02}/{i:05}", i % 7))
-        .collect();
+    let keys: Vec<String> = (0..1005).map(|i| format!("many/{:02}/{i:05}", i % 7)).collect();
     futures::stream::iter(keys.iter())
-        .map(|key| async move {
-            store
-                .put(key, Bytes::from_static(b"x"), &PutOptions::default())
-                .await
-        })
+        .map(|key| async move { store.put(key, Bytes::from_static(b"x"), &PutOptions::default()).await })
         .buffer_unordered(16)
         .for_each(|result| async move {
             result.expect("put");
@@ -584,73 +411,30 @@ async fn delete_many_in_batches(store: &ObjectStore) {
     let mut to_delete = keys.clone();
     to_delete.push("many/absent".to_string());
     store.delete_many(&to_delete).await.expect("delete");
+    assert_eq!(store.list("many/", None).await.expect("list"), Listing::default());
     assert_eq!(
-        store.list("many/", None).await.expect("list"),
-        Listing::default()
-    );
-    assert_eq!(
-        store
-            .list("", Some("/"))
-            .await
-            .expect("list")
-            .common_prefixes
-            .iter()
-            .filter(|p| p.starts_with("many"))
-            .count(),
+        store.list("", Some("/")).await.expect("list").common_prefixes.iter().filter(|p| p.starts_with("many")).count(),
         0
     );
-    store
-        .delete_many(&["many/absent".to_string()])
-        .await
-        .expect("deleting a missing key");
+    store.delete_many(&["many/absent".to_string()]).await.expect("deleting a missing key");
     store.delete_many(&[]).await.expect("deleting nothing");
 }
 
 async fn copy_keeps_or_replaces_the_timestamp(store: &ObjectStore) {
     let opts = PutOptions::default().with_timestamp(timestamp());
-    store
-        .put("copy/src", Bytes::from_static(b"copied"), &opts)
-        .await
-        .expect("put");
-    store
-        .copy("copy/src", "copy/dst/a", &PutOptions::default())
-        .await
-        .expect("copy");
-    assert_eq!(
-        store.get("copy/dst/a").await.expect("get"),
-        Bytes::from_static(b"copied")
-    );
-    let meta = store
-        .head("copy/dst/a")
-        .await
-        .expect("head")
-        .expect("copied");
+    store.put("copy/src", Bytes::from_static(b"copied"), &opts).await.expect("put");
+    store.copy("copy/src", "copy/dst/a", &PutOptions::default()).await.expect("copy");
+    assert_eq!(store.get("copy/dst/a").await.expect("get"), Bytes::from_static(b"copied"));
+    let meta = store.head("copy/dst/a").await.expect("head").expect("copied");
     assert_eq!(meta.timestamp, Some(timestamp()));
 
     let later = timestamp() + chrono::Duration::milliseconds(86_400_500);
-    store
-        .copy(
-            "copy/src",
-            "copy/dst/b",
-            &PutOptions::default().with_timestamp(later),
-        )
-        .await
-        .expect("copy");
-    let meta = store
-        .head("copy/dst/b")
-        .await
-        .expect("head")
-        .expect("copied");
+    store.copy("copy/src", "copy/dst/b", &PutOptions::default().with_timestamp(later)).await.expect("copy");
+    let meta = store.head("copy/dst/b").await.expect("head").expect("copied");
     assert_eq!(meta.timestamp, Some(later));
-    assert_eq!(
-        store.get("copy/src").await.expect("source intact"),
-        Bytes::from_static(b"copied")
-    );
+    assert_eq!(store.get("copy/src").await.expect("source intact"), Bytes::from_static(b"copied"));
 
-    match store
-        .copy("copy/missing", "copy/dst/c", &PutOptions::default())
-        .await
-    {
+    match store.copy("copy/missing", "copy/dst/c", &PutOptions::default()).await {
         Err(ObjectStoreError::NotFound { key }) => assert_eq!(key, "copy/missing"),
         other => panic!("copy of a missing source: {other:?}"),
     }
@@ -672,79 +456,41 @@ async fn put_file_small_and_multipart(store: &ObjectStore) {
     let small = dir.path().join("small");
     std::fs::write(&small, b"small file").expect("write");
     let puts = store.requests().get(RequestKind::Put);
-    store
-        .put_file("file/small", &small, &PutOptions::default())
-        .await
-        .expect("put_file");
+    store.put_file("file/small", &small, &PutOptions::default()).await.expect("put_file");
     assert_eq!(store.requests().get(RequestKind::Put) - puts, 1);
-    assert_eq!(
-        store.get("file/small").await.expect("get"),
-        Bytes::from_static(b"small file")
-    );
+    assert_eq!(store.get("file/small").await.expect("get"), Bytes::from_static(b"small file"));
 
     let data = pattern(40 * 1024 * 1024 + 12_345);
     let large = dir.path().join("large");
     std::fs::write(&large, &data).expect("write");
     let puts = store.requests().get(RequestKind::Put);
     let opts = PutOptions::if_none_match().with_timestamp(timestamp());
-    store
-        .put_file("file/large", &large, &opts)
-        .await
-        .expect("put_file large");
+    store.put_file("file/large", &large, &opts).await.expect("put_file large");
     let sent = store.requests().get(RequestKind::Put) - puts;
     match store.backend() {
         // CreateMultipartUpload, 6 parts of at most 8 MiB, CompleteMultipartUpload.
         Backend::S3 => assert_eq!(sent, 8, "multipart upload requests"),
         Backend::File => assert_eq!(sent, 1),
     }
-    let meta = store
-        .head("file/large")
-        .await
-        .expect("head")
-        .expect("uploaded");
+    let meta = store.head("file/large").await.expect("head").expect("uploaded");
     assert_eq!(meta.size, data.len() as u64);
     assert_eq!(meta.timestamp, Some(timestamp()));
     let mut read = Vec::with_capacity(data.len());
-    store
-        .get_stream("file/large")
-        .await
-        .expect("stream")
-        .read_to_end(&mut read)
-        .await
-        .expect("read");
+    store.get_stream("file/large").await.expect("stream").read_to_end(&mut read).await.expect("read");
     assert!(read == data, "multipart object differs from the file");
     let boundary = 8 * 1024 * 1024;
-    let across = store
-        .get_range("file/large", boundary - 10, 20)
-        .await
-        .expect("range");
-    assert_eq!(
-        &across[..],
-        &data[boundary as usize - 10..boundary as usize + 10]
-    );
+    let across = store.get_range("file/large", boundary - 10, 20).await.expect("range");
+    assert_eq!(&across[..], &data[boundary as usize - 10..boundary as usize + 10]);
 
-    match store
-        .put_file("file/large", &small, &PutOptions::if_none_match())
-        .await
-    {
+    match store.put_file("file/large", &small, &PutOptions::if_none_match()).await {
         Err(ObjectStoreError::PreconditionFailed { .. }) => {}
         other => panic!("put_file If-None-Match over an existing key: {other:?}"),
     }
-    match store
-        .put_file("file/large", &large, &PutOptions::if_none_match())
-        .await
-    {
+    match store.put_file("file/large", &large, &PutOptions::if_none_match()).await {
         Err(ObjectStoreError::PreconditionFailed { .. }) => {}
         other => panic!("multipart If-None-Match over an existing key: {other:?}"),
     }
-    match store
-        .put_file(
-            "file/other",
-            &dir.path().join("absent"),
-            &PutOptions::default(),
-        )
-        .await
-    {
+    match store.put_file("file/other", &dir.path().join("absent"), &PutOptions::default()).await {
         Err(err @ ObjectStoreError::Io { .. }) => assert!(!err.is_retryable()),
         other => panic!("put_file of a missing local file: {other:?}"),
     }
@@ -758,19 +504,9 @@ async fn invalid_keys_are_refused(store: &ObjectStore) {
             other => panic!("put {key:?}: {other:?}"),
         }
     }
-    assert!(matches!(
-        store.get("../x").await,
-        Err(ObjectStoreError::InvalidKey { .. })
-    ));
-    assert!(matches!(
-        store.list("/x", None).await,
-        Err(ObjectStoreError::InvalidKey { .. })
-    ));
-    assert_eq!(
-        store.requests().snapshot(),
-        before,
-        "an invalid key reached the backend"
-    );
+    assert!(matches!(store.get("../x").await, Err(ObjectStoreError::InvalidKey { .. })));
+    assert!(matches!(store.list("/x", None).await, Err(ObjectStoreError::InvalidKey { .. })));
+    assert_eq!(store.requests().snapshot(), before, "an invalid key reached the backend");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -780,25 +516,15 @@ async fn invalid_keys_are_refused(store: &ObjectStore) {
 async fn file_backend_conformance() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("replica");
-    let store = ObjectStore::from_url(&format!("file://{}", root.display()))
-        .await
-        .expect("open");
+    let store = ObjectStore::from_url(&format!("file://{}", root.display())).await.expect("open");
     conformance(&store).await;
     // Temporary files never stay behind.
     let mut stack = vec![root];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("read dir") {
             let path = entry.expect("entry").path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            assert!(
-                !name.starts_with(".walfleet-tmp-"),
-                "temp file left: {}",
-                path.display()
-            );
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            assert!(!name.starts_with(".walfleet-tmp-"), "temp file left: {}", path.display());
             if path.is_dir() {
                 stack.push(path);
             }
@@ -812,12 +538,7 @@ async fn s3_backend_conformance_on_s3s_fs() {
     let store = server.store("suite/root").await;
     conformance(&store).await;
     // Everything stayed under the root.
-    let whole = server
-        .store("")
-        .await
-        .list("", Some("/"))
-        .await
-        .expect("list bucket");
+    let whole = server.store("").await.list("", Some("/")).await.expect("list bucket");
     assert_eq!(whole.common_prefixes, ["suite/"]);
     assert!(whole.objects.is_empty());
 }
@@ -827,14 +548,8 @@ async fn file_timestamp_is_the_mtime() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = ObjectStore::File(FileStore::new(dir.path().to_path_buf()));
     let opts = PutOptions::default().with_timestamp(timestamp());
-    store
-        .put("a/b", Bytes::from_static(b"x"), &opts)
-        .await
-        .expect("put");
-    let modified = std::fs::metadata(dir.path().join("a/b"))
-        .expect("stat")
-        .modified()
-        .expect("mtime");
+    store.put("a/b", Bytes::from_static(b"x"), &opts).await.expect("put");
+    let modified = std::fs::metadata(dir.path().join("a/b")).expect("stat").modified().expect("mtime");
     assert_eq!(DateTime::<Utc>::from(modified), timestamp());
     let listing = store.list("a/", None).await.expect("list");
     assert_eq!(listing.objects[0].timestamp, Some(timestamp()));
@@ -848,15 +563,9 @@ async fn file_if_none_match_has_one_winner_under_races() {
         let key = format!("race/{round}");
         let winners = futures::future::join_all((0..16).map(|i| {
             let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move {
-                store
-                    .put(
-                        &key,
-                        Bytes::from(format!("{i}")),
-                        &PutOptions::if_none_match(),
-                    )
-                    .await
-            })
+            tokio::spawn(
+                async move { store.put(&key, Bytes::from(format!("{i}")), &PutOptions::if_none_match()).await },
+            )
         }))
         .await
         .into_iter()
@@ -875,17 +584,9 @@ async fn file_if_none_match_has_one_winner_under_races() {
 async fn wrong_secret_is_an_auth_error() {
     let server = S3sFs::start().await;
     let mut settings = server.settings();
-    settings.credentials = Some(S3Credentials {
-        secret_key: "wrong".repeat(8),
-        ..test_credentials()
-    });
-    let store = ObjectStore::from_url_with("s3://test/x", &settings)
-        .await
-        .expect("open");
-    match store
-        .put("k", Bytes::from_static(b"x"), &PutOptions::default())
-        .await
-    {
+    settings.credentials = Some(S3Credentials { secret_key: "wrong".repeat(8), ..test_credentials() });
+    let store = ObjectStore::from_url_with("s3://test/x", &settings).await.expect("open");
+    match store.put("k", Bytes::from_static(b"x"), &PutOptions::default()).await {
         Err(err @ ObjectStoreError::Auth { .. }) => assert!(!err.is_retryable()),
         other => panic!("put with a wrong secret: {other:?}"),
     }
@@ -894,9 +595,7 @@ async fn wrong_secret_is_an_auth_error() {
 #[tokio::test]
 async fn missing_bucket_is_final_and_refused_connection_is_retryable() {
     let server = S3sFs::start().await;
-    let store = ObjectStore::from_url_with("s3://nobucket/x", &server.settings())
-        .await
-        .expect("open");
+    let store = ObjectStore::from_url_with("s3://nobucket/x", &server.settings()).await.expect("open");
     match store.list("", None).await {
         Err(err @ ObjectStoreError::Other { .. }) => {
             assert!(!err.is_retryable(), "{err:#?}");
@@ -908,18 +607,10 @@ async fn missing_bucket_is_final_and_refused_connection_is_retryable() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
-    let settings = S3Settings {
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        ..server.settings()
-    };
-    let store = ObjectStore::from_url_with("s3://test/x", &settings)
-        .await
-        .expect("open");
+    let settings = S3Settings { endpoint: Some(format!("http://127.0.0.1:{port}")), ..server.settings() };
+    let store = ObjectStore::from_url_with("s3://test/x", &settings).await.expect("open");
     match store.get("k").await {
-        Err(err) => assert!(
-            err.is_retryable(),
-            "connection refused should be retryable: {err:?}"
-        ),
+        Err(err) => assert!(err.is_retryable(), "connection refused should be retryable: {err:?}"),
         Ok(_) => panic!("get from a closed port succeeded"),
     }
 }
@@ -933,22 +624,10 @@ const ENV_CHILD: &str = "WALFLEET_OBJECT_STORE_ENV_CHILD";
 async fn from_url_reads_the_standard_aws_environment() {
     let server = S3sFs::start().await;
     let seed = server.store("env").await;
-    seed.put(
-        "seed",
-        Bytes::from_static(b"from the parent"),
-        &PutOptions::default(),
-    )
-    .await
-    .expect("seed");
-    let ca_bundle = std::env::var("AWS_CA_BUNDLE")
-        .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".to_string());
+    seed.put("seed", Bytes::from_static(b"from the parent"), &PutOptions::default()).await.expect("seed");
+    let ca_bundle = std::env::var("AWS_CA_BUNDLE").unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".to_string());
     let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "object_store::tests::from_url_env_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["object_store::tests::from_url_env_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(ENV_CHILD, "1")
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
@@ -967,10 +646,7 @@ async fn from_url_reads_the_standard_aws_environment() {
         "child failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
-    assert_eq!(
-        seed.get("from-child").await.expect("child's object"),
-        Bytes::from_static(b"from the child")
-    );
+    assert_eq!(seed.get("from-child").await.expect("child's object"), Bytes::from_static(b"from the child"));
 }
 
 /// The child half of [`from_url_reads_the_standard_aws_environment`]; does nothing on its own.
@@ -979,24 +655,9 @@ async fn from_url_env_child() {
     if std::env::var_os(ENV_CHILD).is_none() {
         return;
     }
-    let store = ObjectStore::from_url("s3://test/env")
-        .await
-        .expect("open from the environment");
+    let store = ObjectStore::from_url("s3://test/env").await.expect("open from the environment");
     let described = store.describe();
-    assert!(
-        described.contains("region=eu-west-3") && described.contains("endpoint=http://127.0.0.1:"),
-        "{described}"
-    );
-    assert_eq!(
-        store.get("seed").await.expect("get"),
-        Bytes::from_static(b"from the parent")
-    );
-    store
-        .put(
-            "from-child",
-            Bytes::from_static(b"from the child"),
-            &PutOptions::default(),
-        )
-        .await
-        .expect("put");
+    assert!(described.contains("region=eu-west-3") && described.contains("endpoint=http://127.0.0.1:"), "{described}");
+    assert_eq!(store.get("seed").await.expect("get"), Bytes::from_static(b"from the parent"));
+    store.put("from-child", Bytes::from_static(b"from the child"), &PutOptions::default()).await.expect("put");
 }

@@ -102,7 +102,6 @@ impl Capture {
         let mut wal_path = db_path.as_os_str().to_owned();
         wal_path.push("-wal");
         let mut c = Capture {
-
             db_file,
             wal_path: PathBuf::from(wal_path),
             staging: staging.to_path_buf(),
@@ -434,7 +433,10 @@ impl Capture {
 enum Expect {
     Nothing,
     /// The next log header carries salt-1 and checkpoint sequence one past these.
-    Restart { salt1: u32, seq: u32 },
+    Restart {
+        salt1: u32,
+        seq: u32,
+    },
     /// The log was empty: whatever header appears starts the log we read.
     Any,
 }
@@ -443,7 +445,9 @@ impl Expect {
     fn accepts(self, h: &WalHeader) -> bool {
         match self {
             Expect::Nothing => false,
-            Expect::Restart { salt1, seq } => h.salt1 == salt1.wrapping_add(1) && h.checkpoint_seq == seq.wrapping_add(1),
+            Expect::Restart { salt1, seq } => {
+                h.salt1 == salt1.wrapping_add(1) && h.checkpoint_seq == seq.wrapping_add(1)
+            }
             Expect::Any => true,
         }
     }

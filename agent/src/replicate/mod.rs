@@ -2,6 +2,7 @@
 //! transaction as an LTX file, at most one upload per sync interval, none while idle.
 
 pub mod capture;
+pub mod compact;
 pub mod state;
 
 use std::collections::VecDeque;
@@ -79,7 +80,10 @@ pub struct DbReplicator {
 
 type Shared = Arc<Mutex<Capture>>;
 
-async fn blocking<T: Send + 'static>(cap: &Shared, f: impl FnOnce(&mut Capture) -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    cap: &Shared,
+    f: impl FnOnce(&mut Capture) -> Result<T> + Send + 'static,
+) -> Result<T> {
     let cap = cap.clone();
     tokio::task::spawn_blocking(move || {
         let mut c = cap.lock().unwrap_or_else(|e| e.into_inner());
@@ -89,7 +93,13 @@ async fn blocking<T: Send + 'static>(cap: &Shared, f: impl FnOnce(&mut Capture) 
     .context("capture task")?
 }
 
+/// Compaction levels and how often each one folds the level below it.
+const COMPACTION_LEVELS: [(u8, Duration); 3] =
+    [(1, Duration::from_secs(30)), (2, Duration::from_secs(300)), (3, Duration::from_secs(3600))];
+
 struct Session {
+    /// Local copies of uploaded files per level (0..=2) awaiting compaction: (min, max, path).
+    local: [Vec<(Txid, Txid, PathBuf)>; 3],
     generation: Generation,
     manifest: Manifest,
     manifest_etag: Option<String>,
@@ -101,7 +111,10 @@ struct Session {
 
 impl DbReplicator {
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        // Files left by an earlier process belong to its generation: this one starts afresh.
         let staging = state::dir_for(&self.db_path).join("staging");
+        let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(state::dir_for(&self.db_path).join("ltx"));
         let (db, st) = (self.db_path.clone(), staging.clone());
         let cap = tokio::task::spawn_blocking(move || Capture::open(&db, &st)).await.context("open task")??;
         let cap: Shared = Arc::new(Mutex::new(cap));
@@ -111,6 +124,7 @@ impl DbReplicator {
         let _watcher = watch_wal(&self.db_path, tx);
         let mut last_upload: Option<Instant> = None;
         let mut last_checkpoint = Instant::now();
+        let mut last_compaction = [Instant::now(); COMPACTION_LEVELS.len()];
         let mut last_wal_stat = wal_stat(&self.db_path);
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -152,6 +166,14 @@ impl DbReplicator {
                 }
             }
             let since = blocking(&cap, |c| Ok(c.since_checkpoint)).await?;
+            for (i, (level, every)) in COMPACTION_LEVELS.iter().enumerate() {
+                if last_compaction[i].elapsed() >= *every {
+                    last_compaction[i] = Instant::now();
+                    if let Err(e) = self.compact(&mut session, *level).await {
+                        warn!(error = %format!("{e:#}"), level, "compaction failed; will retry");
+                    }
+                }
+            }
             let due = since >= self.opts.checkpoint_bytes
                 || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
             if due && blocking(&cap, |c| c.checkpoint()).await? {
@@ -260,13 +282,67 @@ impl DbReplicator {
             session.durable = c.txid;
             session.durable_checksum = c.post_checksum;
             self.metrics.durable_txid.store(c.txid.0, Ordering::Relaxed);
-            let _ = std::fs::remove_file(&c.path);
+            self.keep_for_compaction(session, 0, c.txid, c.txid, &c.path);
             match session.spool.front() {
                 Some(n) => self.metrics.oldest_pending_ms.store(n.timestamp_ms, Ordering::Relaxed),
                 None => self.metrics.oldest_pending_ms.store(0, Ordering::Relaxed),
             }
         }
         self.save_state(session)?;
+        Ok(())
+    }
+
+    /// Moves an uploaded file into the local compaction area of its level (the top level's
+    /// files are not needed locally).
+    fn keep_for_compaction(&self, session: &mut Session, level: u8, min: Txid, max: Txid, path: &Path) {
+        let Some(list) = session.local.get_mut(level as usize) else {
+            let _ = std::fs::remove_file(path);
+            return;
+        };
+        let dir = state::dir_for(&self.db_path).join("ltx").join(level.to_string());
+        let dest = dir.join(crate::ltx::filename(min.0, max.0));
+        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(path, &dest)) {
+            Ok(()) => list.push((min, max, dest)),
+            Err(e) => {
+                warn!(error = %e, "keep file for compaction");
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Folds the local files of `level - 1` into one file at `level` and uploads it.
+    async fn compact(&self, session: &mut Session, level: u8) -> Result<()> {
+        let below = (level - 1) as usize;
+        if session.local[below].len() < 2 {
+            return Ok(());
+        }
+        let inputs = session.local[below].clone();
+        let (min, max) = (inputs[0].0, inputs[inputs.len() - 1].1);
+        let out = state::dir_for(&self.db_path).join("staging").join(format!("compact-{level}.ltx"));
+        let paths: Vec<PathBuf> = inputs.iter().map(|i| i.2.clone()).collect();
+        let o = out.clone();
+        let (header, _) = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+            compact::merge(&refs, &o)
+        })
+        .await
+        .context("compaction task")??;
+        let key =
+            layout::ltx_key(&self.store.backend(), &layout::generation_prefix(session.generation), level, min, max);
+        let opts = PutOptions {
+            condition: if session.conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
+            timestamp: Utc.timestamp_millis_opt(header.timestamp_ms).single(),
+        };
+        match self.store.put_file(&key, &out, &opts).await {
+            Ok(_) | Err(ObjectStoreError::PreconditionFailed { .. }) => {}
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("upload {key}"))),
+        }
+        for (_, _, p) in &inputs {
+            let _ = std::fs::remove_file(p);
+        }
+        session.local[below].drain(..inputs.len());
+        self.keep_for_compaction(session, level, min, max, &out);
+        info!(level, %min, %max, files = inputs.len(), "compacted");
         Ok(())
     }
 
@@ -291,10 +367,7 @@ impl DbReplicator {
     /// Anything else is refused as stale rather than replicated as the truth.
     async fn start(&self, cap: &Shared, cancel: &CancellationToken) -> Result<Session> {
         let store = &self.store;
-        let conditional = store
-            .probe_conditional_writes(".walfleet-probe")
-            .await
-            .context("probe object store")?;
+        let conditional = store.probe_conditional_writes(".walfleet-probe").await.context("probe object store")?;
         let top = store.list("", Some("/")).await.context("list replica root")?;
         let gens = layout::generations(&top);
         // The newest position on record: the newest generation with any history.
@@ -331,7 +404,13 @@ impl DbReplicator {
                     (Some(s), sealed) => {
                         info!(db = %self.metrics.name, local_txid = %s.txid, replica_txid = %txid,
                             "database changed since the replica's newest transaction; shipping it whole");
-                        (sealed.and_then(|p| p.checksum()).or_else(|| (s.txid == *txid).then(|| s.checksum()).flatten()).unwrap_or(0), false)
+                        (
+                            sealed
+                                .and_then(|p| p.checksum())
+                                .or_else(|| (s.txid == *txid).then(|| s.checksum()).flatten())
+                                .unwrap_or(0),
+                            false,
+                        )
                     }
                     (None, _) => {
                         return Err(StaleDatabase {
@@ -371,6 +450,7 @@ impl DbReplicator {
             manifest,
             manifest_etag: etag,
             conditional,
+            local: Default::default(),
             spool: VecDeque::new(),
             durable: Txid::ZERO,
             durable_checksum: 0,
@@ -408,7 +488,13 @@ impl DbReplicator {
 
     /// Gives the new generation its own base by server-side copies of the files that
     /// restore the parent at `txid`: a generation prefix restores on its own.
-    async fn copy_base(&self, parent: Generation, files: &[layout::LtxObject], txid: Txid, to: Generation) -> Result<()> {
+    async fn copy_base(
+        &self,
+        parent: Generation,
+        files: &[layout::LtxObject],
+        txid: Txid,
+        to: Generation,
+    ) -> Result<()> {
         let from = layout::generation_prefix(parent);
         let plan = restore::plan::plan(&from, files, Some(txid))?;
         let dest = layout::generation_prefix(to);

@@ -115,14 +115,7 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
     let page_size = page_size_of(&out)?;
     out.set_len(u64::from(commit) * u64::from(page_size)).context("truncate restored database")?;
     out.sync_all().context("fsync restored database")?;
-    Ok(Applied {
-        txid: reached,
-        checksum: sums.checksum(),
-        page_size,
-        pages: commit,
-        files,
-        bytes,
-    })
+    Ok(Applied { txid: reached, checksum: sums.checksum(), page_size, pages: commit, files, bytes })
 }
 
 fn page_size_of(f: &File) -> Result<u32> {

@@ -49,7 +49,10 @@ pub async fn resolve(store: &ObjectStore) -> Result<Option<Source>> {
 }
 
 pub async fn list_generation(store: &ObjectStore, base: &str) -> Result<Vec<LtxObject>> {
-    let listing = store.list(base, None).await.with_context(|| format!("list {}", if base.is_empty() { "replica" } else { base }))?;
+    let listing = store
+        .list(base, None)
+        .await
+        .with_context(|| format!("list {}", if base.is_empty() { "replica" } else { base }))?;
     Ok(layout::ltx_objects(&store.backend(), base, &listing))
 }
 
@@ -132,7 +135,10 @@ async fn txid_at(store: &ObjectStore, files: &[LtxObject], ts: DateTime<Utc>) ->
     while lo < hi {
         let mid = (lo + hi) / 2;
         let f = ends[mid];
-        let b = store.get_range(&f.key, 0, crate::ltx::HEADER_SIZE as u64).await.with_context(|| format!("read header of {}", f.key))?;
+        let b = store
+            .get_range(&f.key, 0, crate::ltx::HEADER_SIZE as u64)
+            .await
+            .with_context(|| format!("read header of {}", f.key))?;
         let h = crate::ltx::Header::from_bytes(&b).with_context(|| format!("object {} is not an LTX file", f.key))?;
         if h.timestamp_ms <= want {
             lo = mid + 1;
@@ -203,7 +209,8 @@ pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<R
         remove_with_sidecars(&tmp);
         bail!("output {} appeared during the restore; left it untouched", opts.output.display());
     }
-    std::fs::rename(&tmp, &opts.output).with_context(|| format!("move restored database to {}", opts.output.display()))?;
+    std::fs::rename(&tmp, &opts.output)
+        .with_context(|| format!("move restored database to {}", opts.output.display()))?;
     if let Some(dir) = opts.output.parent() {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         std::fs::File::open(dir).and_then(|d| d.sync_all()).context("fsync output directory")?;

@@ -60,12 +60,7 @@ pub fn plan(base: &str, files: &[LtxObject], target: Option<Txid>) -> Result<Vec
         }
         None => {
             if let Some(gap) = files.iter().filter(|f| f.min.0 > reached.0 + 1).min_by_key(|f| f.min) {
-                return Err(PlanError::Gap {
-                    base: base.to_string(),
-                    reached,
-                    next: gap.min,
-                    key: gap.key.clone(),
-                });
+                return Err(PlanError::Gap { base: base.to_string(), reached, next: gap.min, key: gap.key.clone() });
             }
         }
         _ => {}
@@ -92,16 +87,8 @@ mod tests {
 
     #[test]
     fn prefers_snapshot_then_compacted_then_l0() {
-        let files = vec![
-            f(0, 1, 1),
-            f(0, 2, 2),
-            f(0, 3, 3),
-            f(0, 4, 4),
-            f(0, 5, 5),
-            f(1, 1, 3),
-            f(1, 4, 4),
-            f(9, 1, 3),
-        ];
+        let files =
+            vec![f(0, 1, 1), f(0, 2, 2), f(0, 3, 3), f(0, 4, 4), f(0, 5, 5), f(1, 1, 3), f(1, 4, 4), f(9, 1, 3)];
         assert_eq!(spans(&plan("", &files, None).expect("plan")), vec![(9, 1, 3), (1, 4, 4), (0, 5, 5)]);
         assert_eq!(spans(&plan("", &files, Some(Txid(2))).expect("plan")), vec![(0, 1, 1), (0, 2, 2)]);
         assert_eq!(spans(&plan("", &files, Some(Txid(3))).expect("plan")), vec![(9, 1, 3)]);

@@ -148,7 +148,12 @@ impl CommittedRange {
 /// cumulative checksum. Stops early (at a commit boundary) once `max_bytes` have been read so
 /// that one sync's memory and upload stay bounded. Frames of a transaction that has not
 /// committed yet are left for the next read.
-pub fn read_committed(file: &File, header: &WalHeader, cursor: WalCursor, max_bytes: u64) -> Result<CommittedRange, WalError> {
+pub fn read_committed(
+    file: &File,
+    header: &WalHeader,
+    cursor: WalCursor,
+    max_bytes: u64,
+) -> Result<CommittedRange, WalError> {
     let frame_size = header.frame_size();
     let file_len = file.metadata()?.len();
     let mut out = CommittedRange::default();
