@@ -1,4 +1,9 @@
 //! walfleet's black-box integration tests: ONE test binary, one module per area.
 //! Run them with `scripts/test.sh` (installs tools, builds the binaries, runs nextest).
 
+mod errors;
 mod harness;
+mod interop;
+mod large;
+mod persistence;
+mod point_in_time;

@@ -11,9 +11,11 @@ pub mod agent;
 pub mod apps;
 pub mod bins;
 pub mod litestream;
+pub mod memory;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
+pub mod replica;
 pub mod s3;
 pub mod sqlite;
 
