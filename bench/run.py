@@ -53,8 +53,8 @@ REMOVED_ENV = ["AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSI
                "WALFLEET_REPLICA_URL", "WALFLEET_HTTP_ADDR", "WALFLEET_SYNC_INTERVAL"]
 
 MODES = {
-    "quick": dict(restore_mib=100, phase_s=10, paced_s=10, idle_s=15, rate=20),
-    "full": dict(restore_mib=1024, phase_s=20, paced_s=20, idle_s=60, rate=20),
+    "quick": dict(restore_mib=100, rounds=2, round_s=5, paced_s=10, idle_s=15, rate=20),
+    "full": dict(restore_mib=1024, rounds=3, round_s=10, paced_s=20, idle_s=60, rate=20),
 }
 
 LIVE: list[subprocess.Popen] = []  # every child we started, for cleanup
@@ -106,6 +106,9 @@ def writer_main(argv: list[str]) -> int:
             times.append(time.monotonic())
             n += 1
     else:
+        slow = [0, 0, 0]  # commits taking > 1 ms, > 10 ms, > 100 ms
+        worst = 0.0
+        last = time.monotonic()
         while True:
             try:
                 conn.execute(ins, (0.0,))
@@ -113,11 +116,24 @@ def writer_main(argv: list[str]) -> int:
                 busy_errors += 1
             else:
                 n += 1
-            if time.monotonic() >= end:
+            now = time.monotonic()
+            d = now - last
+            last = now
+            if d > 0.001:
+                slow[0] += 1
+                if d > 0.01:
+                    slow[1] += 1
+                    if d > 0.1:
+                        slow[2] += 1
+                worst = max(worst, d)
+            if now >= end:
                 break
     elapsed = time.monotonic() - t0
     conn.close()
-    Path(a.out).write_text(json.dumps(dict(commits=n, elapsed=elapsed, times=times, busy_errors=busy_errors)))
+    res = dict(commits=n, elapsed=elapsed, times=times, busy_errors=busy_errors)
+    if a.rate <= 0:
+        res.update(slow_1ms=slow[0], slow_10ms=slow[1], slow_100ms=slow[2], worst_s=worst)
+    Path(a.out).write_text(json.dumps(res))
     return 0
 
 
@@ -612,17 +628,6 @@ class Agent:
 # Benchmarks
 # ----------------------------------------------------------------------------------------------
 
-def bench_baseline(cfg: dict, tag: str) -> dict:
-    db = DATA / "run" / f"none-{tag}.db"
-    create_app_db(db)
-    acct = CpuAccount(None, None)
-    w = run_writer(db, cfg["phase_s"], 0, f"none-{tag}")
-    res = dict(commits=w["commits"], elapsed=w["elapsed"], cps=w["commits"] / w["elapsed"],
-               busy_errors=w["busy_errors"], cpu=acct.done())
-    log(f"no agent ({tag}): {res['cps']:.0f} commits/s (other processes used {res['cpu']['other_cores']:.2f} cores)")
-    return res
-
-
 def bench_agent(cfg: dict, tool: str, backend: str, s3: S3, agent_bin: Path, run_id: str) -> dict:
     name = f"{run_id}-{backend}-{tool}"
     db = DATA / "run" / f"{backend}-{tool}.db"
@@ -652,14 +657,60 @@ def bench_agent(cfg: dict, tool: str, backend: str, s3: S3, agent_bin: Path, run
                 ph["requests"] = s3_classes(ops)
             else:
                 ph["requests"] = ph["files"]  # observed file writes/removals in the replica
-            res[label] = ph
+            if label:
+                res[label] = ph
             return out, ph
 
-        # 1+2: max-rate writer
-        w, ph = window("throughput", lambda: run_writer(db, cfg["phase_s"], 0, name))
-        ph.update(commits=w["commits"], cps=w["commits"] / w["elapsed"], busy_errors=w["busy_errors"])
-        log(f"{name}: {ph['cps']:.0f} commits/s, agent cpu {ph['agent_cpu_s']:.2f}s, req {ph['requests']}")
-        time.sleep(5)
+        # 1+2: max-rate writer, interleaved with the same writer on a database no agent watches
+        nodb = DATA / "run" / f"{backend}-{tool}-none.db"
+        create_app_db(nodb)
+        rounds, agent_rounds, none_rounds = [], [], []
+        for i in range(cfg["rounds"]):
+            order = ("agent", "none") if i % 2 == 0 else ("none", "agent")
+            for who in order:
+                if who == "agent":
+                    w, ph = window(None, lambda: run_writer(db, cfg["round_s"], 0, f"{name}-{i}"))
+                    ph.update(w={k: v for k, v in w.items() if k != "times"})
+                    agent_rounds.append(ph)
+                else:
+                    t0 = time.monotonic()
+                    acct = CpuAccount(ag.pid, None)
+                    w = run_writer(nodb, cfg["round_s"], 0, f"{name}-none-{i}")
+                    none_rounds.append(dict(w={k: v for k, v in w.items() if k != "times"}, cpu=acct.done(),
+                                            seconds=time.monotonic() - t0))
+                time.sleep(2)
+        cps_a = [r["w"]["commits"] / r["w"]["elapsed"] for r in agent_rounds]
+        cps_n = [r["w"]["commits"] / r["w"]["elapsed"] for r in none_rounds]
+        ph = dict(seconds=sum(r["seconds"] for r in agent_rounds),
+                  agent_cpu_s=sum(r["agent_cpu_s"] for r in agent_rounds),
+                  commits=sum(r["w"]["commits"] for r in agent_rounds),
+                  cps=statistics.median(cps_a), cps_none=statistics.median(cps_n), cps_rounds=cps_a,
+                  cps_none_rounds=cps_n, rounds=agent_rounds, none_rounds=none_rounds,
+                  slow_1ms=sum(r["w"]["slow_1ms"] for r in agent_rounds),
+                  slow_10ms=sum(r["w"]["slow_10ms"] for r in agent_rounds),
+                  slow_100ms=sum(r["w"]["slow_100ms"] for r in agent_rounds),
+                  worst_s=max(r["w"]["worst_s"] for r in agent_rounds),
+                  none_slow_1ms=sum(r["w"]["slow_1ms"] for r in none_rounds),
+                  none_slow_10ms=sum(r["w"]["slow_10ms"] for r in none_rounds),
+                  none_worst_s=max(r["w"]["worst_s"] for r in none_rounds),
+                  other_cores=statistics.mean([r["cpu"]["other_cores"] for r in agent_rounds]),
+                  none_other_cores=statistics.mean([r["cpu"]["other_cores"] for r in none_rounds]),
+                  requests={}, tool_requests={}, files={})
+        for r in agent_rounds:
+            for k in ("requests", "tool_requests", "files"):
+                for kk, v in r[k].items():
+                    ph[k][kk] = ph[k].get(kk, 0) + v
+            if "s3_ops" in r:
+                ph.setdefault("s3_ops", {})
+                for kk, v in r["s3_ops"].items():
+                    ph["s3_ops"][kk] = ph["s3_ops"].get(kk, 0) + v
+        res["throughput"] = ph
+        remove_db(nodb)
+        log(f"{name}: {ph['cps']:.0f} commits/s vs {ph['cps_none']:.0f} without agent (medians of "
+            f"{[round(x) for x in cps_a]} / {[round(x) for x in cps_n]}), agent cpu {ph['agent_cpu_s']:.2f}s, "
+            f"commits >1ms {ph['slow_1ms']} (none {ph['none_slow_1ms']}), >10ms {ph['slow_10ms']} "
+            f"(none {ph['none_slow_10ms']}), req {ph['requests']}")
+        time.sleep(3)
 
         # 3: paced writer, lag by replica polling every 10 ms
         watcher.interval = 0.010
@@ -884,7 +935,7 @@ def verdict(ok: bool, text: str) -> str:
     return ("**met**: " if ok else "**missed**: ") + text
 
 
-def render(r: dict) -> str:
+def render(r: dict) -> str:  # noqa: C901
     cfg, env = r["config"], r["env"]
     L = []
     L.append(f"Run: {r['started']} → {r['finished']} ({r['mode']} mode)  ")
@@ -893,33 +944,35 @@ def render(r: dict) -> str:
              f"Python {env['python']}, SQLite {env['sqlite']}  ")
     L.append(f"Agent: `{env['agent_bin']}` ({env['agent_version']}), git {env['git']}; "
              f"litestream {env['litestream_version']}; s3s-fs {env['s3s_version']}  ")
-    L.append(f"Phases: max-rate {cfg['phase_s']} s, paced {cfg['rate']} commits/s × {cfg['paced_s']} s, "
+    L.append(f"Phases: max-rate {cfg['rounds']} × {cfg['round_s']} s with the agent interleaved with "
+             f"{cfg['rounds']} × {cfg['round_s']} s without, paced {cfg['rate']} commits/s × {cfg['paced_s']} s, "
              f"idle {cfg['idle_s']} s; restore db {cfg['restore_mib']} MiB; both agents at sync interval 1 s.")
     L.append("")
-    base = r["baseline"]
-    base_cps = statistics.mean([b["cps"] for b in base])
     L.append("### 1–2. App throughput, agent CPU and memory (max-rate writer)")
     L.append("")
-    L.append(f"No agent: {' / '.join(f0(b['cps']) for b in base)} commits/s (before the file runs / between file "
-             f"and S3 / after the S3 runs; the mean {f0(base_cps)} is the reference). \"Other procs' CPU\" is the "
-             "machine's busy CPU during the phase minus the agent, the app, s3s-fs and the harness, i.e. load from "
-             "other users of this shared machine, which the benchmark cannot control.")
+    L.append("commits/s are medians over the rounds; \"no agent\" is the same writer on another fresh database "
+             "in rounds interleaved with the agent's (the agent idle meanwhile), so both see the same machine "
+             "load. \"Other procs\" is the machine's busy CPU during the agent rounds minus the agent, the app, "
+             "s3s-fs and the harness: load from other users of this shared 2-core machine. Slow commits: "
+             "commits that took > 1 ms / > 10 ms (agent rounds vs no-agent rounds).")
     L.append("")
-    L.append("| backend | agent | commits/s | × no agent | agent CPU s in phase | CPU % of a core | "
-             "agent CPU s whole scenario | peak RSS MiB | exit on SIGTERM | other procs' CPU (cores) |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for b in base:
-        L.append(f"| – | none | {f0(b['cps'])} | {f2(b['cps'] / base_cps)} | | | | | | {f2(b['cpu']['other_cores'])} |")
+    L.append("| backend | agent | commits/s (rounds) | no agent (rounds) | × no agent | agent CPU s | "
+             "CPU % of a core | agent CPU ms / 1000 commits | peak RSS MiB | commits > 1 ms | commits > 10 ms | "
+             "worst commit ms | other procs (cores) | exit on SIGTERM |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     sc = r["scenarios"]
     for key, s in sc.items():
-        if "error" in s and "throughput" not in s:
-            L.append(f"| {s['backend']} | {s['tool']} | FAILED: {s['error'][:80]} | | | | | | | |")
+        if "throughput" not in s:
+            L.append(f"| {s['backend']} | {s['tool']} | FAILED: {s.get('error', '?')[:100]} |" + " |" * 12)
             continue
         t = s["throughput"]
-        L.append(f"| {s['backend']} | {s['tool']} | {f0(t['cps'])} | {f2(t['cps'] / base_cps)} | "
-                 f"{f2(t['agent_cpu_s'])} | {f0(100 * t['agent_cpu_s'] / t['seconds'])}% | "
-                 f"{f2(s.get('agent_cpu_total_s'))} | {f1(s.get('peak_rss_kib', 0) / 1024)} | {s.get('exit_code')} | "
-                 f"{f2(t['cpu']['other_cores'])} |")
+        L.append(f"| {s['backend']} | {s['tool']} | {f0(t['cps'])} ({', '.join(f0(x) for x in t['cps_rounds'])}) | "
+                 f"{f0(t['cps_none'])} ({', '.join(f0(x) for x in t['cps_none_rounds'])}) | "
+                 f"{f2(t['cps'] / t['cps_none'])} | {f2(t['agent_cpu_s'])} | "
+                 f"{f0(100 * t['agent_cpu_s'] / t['seconds'])}% | {f2(1e6 * t['agent_cpu_s'] / max(t['commits'], 1))} | "
+                 f"{f1(s.get('peak_rss_kib', 0) / 1024)} | {t['slow_1ms']} vs {t['none_slow_1ms']} | "
+                 f"{t['slow_10ms']} vs {t['none_slow_10ms']} | {f0(t['worst_s'] * 1000)} vs {f0(t['none_worst_s'] * 1000)} | "
+                 f"{f2(t['other_cores'])} | {s.get('exit_code')} |")
     L.append("")
     L.append(f"### 3. Commit-to-durable lag ({cfg['rate']} commits/s for {cfg['paced_s']} s)")
     L.append("")
@@ -1003,7 +1056,7 @@ def render(r: dict) -> str:
         L.append("")
     L.append("### Targets")
     L.append("")
-    L += [f"- {t}" for t in targets(r, base_cps)]
+    L += [f"- {t}" for t in targets(r)]
     if r.get("errors"):
         L.append("")
         L.append("### Failures")
@@ -1012,7 +1065,7 @@ def render(r: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def targets(r: dict, base_cps: float) -> list[str]:
+def targets(r: dict) -> list[str]:
     out = []
     sc = r["scenarios"]
     for backend in ("file", "s3"):
@@ -1020,14 +1073,18 @@ def targets(r: dict, base_cps: float) -> list[str]:
         if not wf or not ls or "idle" not in wf or "idle" not in ls:
             out.append(f"{backend}: scenario incomplete, targets not evaluated")
             continue
-        x = wf["throughput"]["cps"] / base_cps
+        x = wf["throughput"]["cps"] / wf["throughput"]["cps_none"]
+        xl = ls["throughput"]["cps"] / ls["throughput"]["cps_none"]
         out.append(f"{backend} app throughput with walfleet ≥ 0.95× no agent: "
-                   + verdict(x >= 0.95, f"{x:.3f}× ({'+' if x >= 0.95 else ''}{(x - 0.95) * 100:.1f} points vs 0.95); "
-                             f"litestream {ls['throughput']['cps'] / base_cps:.3f}×"))
+                   + verdict(x >= 0.95, f"{x:.2f}× ({'+' if x >= 0.95 else ''}{(x - 0.95) * 100:.0f} points vs 0.95); "
+                             f"litestream {xl:.2f}×"))
         c = ratio(wf["throughput"]["agent_cpu_s"], ls["throughput"]["agent_cpu_s"])
-        out.append(f"{backend} agent CPU (max-rate phase) ≤ 0.5× litestream: "
-                   + verdict(c <= 0.5, f"{c:.2f}× ({wf['throughput']['agent_cpu_s']:.2f} s vs "
-                             f"{ls['throughput']['agent_cpu_s']:.2f} s)"))
+        wt, lt = wf["throughput"], ls["throughput"]
+        cpc = ratio(wt["agent_cpu_s"] / max(wt["commits"], 1), lt["agent_cpu_s"] / max(lt["commits"], 1))
+        out.append(f"{backend} agent CPU (max-rate rounds) ≤ 0.5× litestream: "
+                   + verdict(c <= 0.5, f"{c:.2f}× ({wt['agent_cpu_s']:.2f} s vs {lt['agent_cpu_s']:.2f} s over the same "
+                             f"wall time; per commit {cpc:.2f}×, since the app committed {wt['commits']} vs "
+                             f"{lt['commits']} times)"))
         m = ratio(wf["peak_rss_kib"], ls["peak_rss_kib"])
         out.append(f"{backend} agent peak RSS ≤ 0.5× litestream: "
                    + verdict(m <= 0.5, f"{m:.2f}× ({wf['peak_rss_kib'] / 1024:.1f} MiB vs {ls['peak_rss_kib'] / 1024:.1f} MiB)"))
@@ -1140,8 +1197,12 @@ Litestream's; lag p99 ≤ Litestream's with no more PUTs; restore ≤ 0.5× Lite
 def write_results(mode: str, block: str) -> None:
     path = BENCH / "RESULTS.md"
     blocks = {}
+    notes = ""
     if path.exists():
         text = path.read_text()
+        mm = re.search(r"<!-- notes -->.*", text, re.S)
+        if mm:
+            notes = mm.group(0)  # hand-written findings, kept across runs
         for m in ("full", "quick"):
             mm = re.search(rf"<!-- results:{m} -->\n(.*?)<!-- /results:{m} -->", text, re.S)
             if mm:
@@ -1152,9 +1213,8 @@ def write_results(mode: str, block: str) -> None:
         title = {"full": "## Results: full run", "quick": "## Results: quick run (smoke test, smaller)"}[m]
         body = blocks.get(m, "_not run yet_\n")
         parts.append(f"\n{title}\n\n<!-- results:{m} -->\n{body}<!-- /results:{m} -->\n")
-    notes = BENCH / "NOTES.md.in"
-    if notes.exists():
-        parts.append("\n" + notes.read_text())
+    if notes:
+        parts.append("\n" + notes)
     path.write_text("".join(parts))
 
 
@@ -1198,7 +1258,7 @@ def main() -> int:
     mode = "quick" if args.quick else "full"
     cfg = dict(MODES[mode])
     if args.seconds:
-        cfg["phase_s"] = cfg["paced_s"] = args.seconds
+        cfg["round_s"] = cfg["paced_s"] = args.seconds
     if args.idle:
         cfg["idle_s"] = args.idle
     if args.restore_mib:
@@ -1226,10 +1286,7 @@ def main() -> int:
     try:
         s3.start()
         log(f"s3s-fs on {s3.endpoint}, data {s3.data}")
-        r["baseline"] = [bench_baseline(cfg, "before")]
         for backend in ("file", "s3"):
-            if backend == "s3":
-                r["baseline"].append(bench_baseline(cfg, "between"))
             for tool in ("walfleet", "litestream"):
                 key = f"{backend}/{tool}"
                 try:
@@ -1238,7 +1295,6 @@ def main() -> int:
                     r["scenarios"][key] = dict(tool=tool, backend=backend, error=str(e))
                     r["errors"].append(f"{key}: {e}")
                     log(f"{key}: FAILED {e}")
-        r["baseline"].append(bench_baseline(cfg, "after"))
         if not args.skip_restore:
             try:
                 r["restore"] = bench_restore(cfg, s3, agent_bin, run_id)

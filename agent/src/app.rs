@@ -1,6 +1,5 @@
 //! What each command does, callable in-process with a cancellation token.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -9,55 +8,50 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::config::{Command, GenerationsArgs, ReplicateConfig, RestoreConfig};
-use crate::health::{self, DbMetrics, Registry};
+use crate::health::{self, Registry};
 use crate::manifest::Manifest;
 use crate::object_store::ObjectStore;
-use crate::replicate::{DbReplicator, ReplicateOptions};
+use crate::replicate::ReplicateOptions;
 use crate::restore::{self, RestoreOptions, RestoreOutcome};
 
 /// Runs a command to completion; returns the process exit code.
 pub async fn run(command: Command, cancel: CancellationToken) -> Result<i32> {
     match command {
-        Command::Replicate(args) => replicate(args.resolve()?, cancel).await.map(|()| 0),
+        Command::Replicate(args) => replicate(args.resolve()?, !args.no_stale_protection, cancel).await.map(|()| 0),
+        Command::Run(args) => crate::run::run(args.resolve()?, cancel).await,
         Command::Restore(args) => restore_cmd(args.resolve()?).await,
         Command::Generations(args) => generations(args).await.map(|()| 0),
     }
 }
 
-pub async fn replicate(cfg: ReplicateConfig, cancel: CancellationToken) -> Result<()> {
+/// Sidecar mode: restore where needed, then replicate until cancelled.
+pub async fn replicate(cfg: ReplicateConfig, stale_protection: bool, cancel: CancellationToken) -> Result<()> {
     let registry = Arc::new(Registry::default());
     let tracker = TaskTracker::new();
     let http = tracker.spawn(health::serve(cfg.http_addr, registry.clone(), cancel.clone()));
-    let mut tasks = Vec::new();
-    for db in &cfg.databases {
-        let store = Arc::new(
-            ObjectStore::from_url(&db.replica_url).await.with_context(|| format!("open replica {}", db.replica_url))?,
-        );
-        registry.add_store(store.requests());
-        let metrics = DbMetrics::new(&db.name);
-        registry.add_db(metrics.clone());
-        let rep = DbReplicator {
-            db_path: db.path.clone(),
-            replica_url: db.replica_url.clone(),
-            store,
-            opts: ReplicateOptions {
-                sync_interval: cfg.sync_interval,
-                platform: crate::config::platform_identity(),
-                ..ReplicateOptions::default()
-            },
-            metrics,
-        };
-        info!(db = %db.name, path = %db.path.display(), replica = %db.replica_url, "replicating");
-        tasks.push(tracker.spawn(rep.run(cancel.child_token())));
-    }
-    registry.started.store(true, Ordering::Relaxed);
+    let tasks = crate::run::start_databases(
+        &cfg,
+        &registry,
+        &cancel,
+        stale_protection,
+        ReplicateOptions::default().shutdown_timeout,
+    )
+    .await;
+    let tasks = match tasks {
+        Ok(t) => t,
+        Err(e) => {
+            cancel.cancel();
+            let _ = http.await;
+            return Err(e);
+        }
+    };
     tracker.close();
     let mut first_err = None;
-    for t in tasks {
+    for (name, t) in tasks {
         match t.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                error!(error = %format!("{e:#}"), "replication stopped");
+                error!(db = %name, error = %format!("{e:#}"), "replication stopped");
                 // One database failing stops the agent: the platform should see it.
                 cancel.cancel();
                 first_err.get_or_insert(e);

@@ -23,6 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Stream every committed change of one or more databases to object storage.
     Replicate(ReplicateArgs),
+    /// Restore if needed, replicate, and run the app; SIGTERM stops the app, ships the final
+    /// changes and exits with the app's code.
+    Run(RunArgs),
     /// Rebuild a database from its replica.
     Restore(RestoreArgs),
     /// List a replica's generations and where each one ends.
@@ -51,6 +54,33 @@ pub struct ReplicateArgs {
     /// Name of the database in metrics and reports (defaults to the file name).
     #[arg(long, env = "WALFLEET_DB_NAME")]
     pub name: Option<String>,
+    /// Refuse to start on a database that is not on the replica's lineage instead of moving it
+    /// aside (as `<db>.stale-<time>`) and restoring the replica.
+    #[arg(long, env = "WALFLEET_NO_STALE_PROTECTION")]
+    pub no_stale_protection: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub replicate: ReplicateArgs,
+    /// The app and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub app: Vec<String>,
+    /// Time from SIGTERM to exit, app shutdown and final upload included.
+    #[arg(long, env = "WALFLEET_GRACE", default_value = "9s", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+impl RunArgs {
+    pub fn resolve(&self) -> Result<crate::run::RunConfig> {
+        Ok(crate::run::RunConfig {
+            replicate: self.replicate.resolve()?,
+            app: self.app.clone(),
+            grace: self.grace,
+            stale_protection: !self.replicate.no_stale_protection,
+        })
+    }
 }
 
 #[derive(Args, Debug)]

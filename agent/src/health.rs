@@ -30,11 +30,41 @@ pub struct DbMetrics {
     pub checkpoints: AtomicU64,
     pub upload_blocked: AtomicBool,
     pub ready: AtomicBool,
+    /// Wall-clock ms at which the newest completed capture started: every commit before it
+    /// is in `local_txid`.
+    pub captured_at_ms: AtomicI64,
+    /// Wakes the replication loop (a capture without waiting for the WAL watcher).
+    pub wake: Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
 }
 
 impl DbMetrics {
     pub fn new(name: &str) -> Arc<DbMetrics> {
         Arc::new(DbMetrics { name: name.to_string(), ..Default::default() })
+    }
+
+    /// Waits until everything committed before this call (or `txid`, when given) is durable.
+    /// Rides the normal upload cadence: it only asks for a capture, never for an extra upload.
+    pub async fn wait_durable(&self, txid: Option<u64>, timeout: std::time::Duration) -> Result<u64, u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let asked = chrono::Utc::now().timestamp_millis();
+        let mut target = txid;
+        loop {
+            let durable = self.durable_txid.load(Ordering::Relaxed);
+            if target.is_none() && self.captured_at_ms.load(Ordering::Relaxed) > asked {
+                target = Some(self.local_txid.load(Ordering::Relaxed));
+            }
+            if let Some(t) = target {
+                if durable >= t {
+                    return Ok(durable);
+                }
+            } else if let Some(tx) = self.wake.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                let _ = tx.try_send(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(durable);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub fn lag_seconds(&self) -> f64 {
@@ -125,6 +155,37 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+#[derive(serde::Deserialize)]
+struct WaitQuery {
+    db: Option<String>,
+    txid: Option<u64>,
+    timeout: Option<String>,
+}
+
+/// `GET /durable[?db=NAME][&txid=N][&timeout=10s]`: 200 with the durable TXID once the
+/// app's latest commit (or TXID N) is in object storage; 504 on timeout.
+async fn wait_durable(
+    State(r): State<Arc<Registry>>,
+    axum::extract::Query(q): axum::extract::Query<WaitQuery>,
+) -> (StatusCode, String) {
+    let dbs = r.dbs();
+    let db = match (&q.db, dbs.len()) {
+        (Some(name), _) => dbs.iter().find(|d| &d.name == name).cloned(),
+        (None, 1) => dbs.first().cloned(),
+        (None, _) => return (StatusCode::BAD_REQUEST, "several databases: name one with ?db=\n".into()),
+    };
+    let Some(db) = db else { return (StatusCode::NOT_FOUND, "no such database\n".into()) };
+    let timeout = match q.timeout.as_deref().map(humantime::parse_duration) {
+        None => std::time::Duration::from_secs(10),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return (StatusCode::BAD_REQUEST, format!("timeout: {e}\n")),
+    };
+    match db.wait_durable(q.txid, timeout).await {
+        Ok(t) => (StatusCode::OK, format!("{t}\n")),
+        Err(t) => (StatusCode::GATEWAY_TIMEOUT, format!("not durable yet; durable txid is {t}\n")),
+    }
+}
+
 pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, cancel: CancellationToken) -> Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -139,6 +200,7 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, cancel: Cancellati
             }),
         )
         .route("/metrics", get(|State(r): State<Arc<Registry>>| async move { r.render() }))
+        .route("/durable", get(wait_durable))
         .with_state(registry);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind http {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving health and metrics");

@@ -10,6 +10,7 @@ pub mod object_store;
 pub mod pages;
 pub mod replicate;
 pub mod restore;
+pub mod run;
 pub mod signals;
 pub mod telemetry;
 pub mod wal;

@@ -176,6 +176,29 @@ fn idle_agent_sends_no_requests() -> Result<()> {
     Ok(())
 }
 
+/// `walfleet_lag_bytes` counts committed changes not yet durable: once the agent reports a
+/// commit durable and nothing else was written, it is zero (not the size of the last upload).
+#[test]
+fn lag_bytes_return_to_zero_once_durable() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let data = tempfile::tempdir()?;
+    let db = data.path().join("lag.db");
+    let conn = open_wal(&db)?;
+    conn.execute_batch("CREATE TABLE items(id INTEGER PRIMARY KEY, v BLOB)")?;
+    let mut agent = replicate(&db, &s3.url("lag/db"), &s3.env())?;
+    let mut durable = agent.wait_metric("walfleet_durable_txid", |v| v >= 1.0, T)?;
+    wait_shipped(&mut agent, SETTLE, T)?;
+    for round in 0..3 {
+        conn.execute("INSERT INTO items(v) VALUES (randomblob(5000))", [])?;
+        durable = agent.wait_metric("walfleet_durable_txid", |v| v > durable, T)?;
+        // Nothing else is written: the commit just reported durable was the only change.
+        agent
+            .wait_metric("walfleet_lag_bytes", |v| v == 0.0, Duration::from_secs(5))
+            .with_context(|| format!("round {round}: transaction {durable} is durable, nothing else was written"))?;
+    }
+    Ok(())
+}
+
 /// Runs `PRAGMA wal_checkpoint(TRUNCATE)` with a short busy timeout (a reader may keep it from
 /// finishing; that is the agent's right). Returns (busy, wal frames, checkpointed frames).
 fn checkpoint_truncate(conn: &Connection) -> Result<(i64, i64, i64)> {

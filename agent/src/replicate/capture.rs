@@ -382,9 +382,15 @@ impl Capture {
     /// Bytes of committed WAL not yet captured (for the lag metric).
     pub fn pending_wal_bytes(&self) -> u64 {
         let Some(c) = self.cursor else { return 0 };
-        match std::fs::metadata(&self.wal_path) {
-            Ok(m) => m.len().saturating_sub(c.offset),
-            Err(_) => 0,
+        match self.wal() {
+            Ok(Some((f, h))) if h.salt1 == c.salt1 && h.salt2 == c.salt2 => {
+                wal::read_committed(&f, &h, c, u64::MAX).map(|r| r.bytes).unwrap_or(0)
+            }
+            // A restarted log: everything committed in it is pending.
+            Ok(Some((f, h))) => {
+                wal::read_committed(&f, &h, WalCursor::start(&h), u64::MAX).map(|r| r.bytes).unwrap_or(0)
+            }
+            _ => 0,
         }
     }
 

@@ -121,6 +121,7 @@ impl DbReplicator {
         let mut session = self.start(&cap, &cancel).await?;
         self.metrics.ready.store(true, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<()>(1);
+        *self.metrics.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
         let _watcher = watch_wal(&self.db_path, tx);
         let mut last_upload: Option<Instant> = None;
         let mut last_checkpoint = Instant::now();
@@ -151,9 +152,13 @@ impl DbReplicator {
                     }
                 }
             }
+            let started = crate::replicate::capture::now_ms();
             self.capture_all(&cap, &mut session, false).await?;
+            self.metrics.captured_at_ms.store(started, Ordering::Relaxed);
             if !session.spool.is_empty() {
-                match self.upload_spool(&mut session).await {
+                let uploaded = self.upload_spool(&mut session).await;
+                self.refresh_pending(&cap, &session).await?;
+                match uploaded {
                     Ok(()) => {
                         backoff = Duration::from_millis(200);
                         last_upload = Some(Instant::now());
@@ -238,6 +243,11 @@ impl DbReplicator {
                 }
             }
         }
+        self.refresh_pending(cap, session).await
+    }
+
+    /// Lag in bytes: committed WAL not yet captured plus captured files not yet uploaded.
+    async fn refresh_pending(&self, cap: &Shared, session: &Session) -> Result<()> {
         let pending = blocking(cap, |c| Ok(c.pending_wal_bytes())).await?;
         let spooled: u64 = session.spool.iter().map(|c| c.size).sum();
         self.metrics.pending_bytes.store(pending + spooled, Ordering::Relaxed);

@@ -54,7 +54,10 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
         let store = store.clone();
         async move {
             if obj.size <= PREFETCH_MAX_BYTES {
-                let b = store.get(&obj.key).await.with_context(|| format!("fetch {}", obj.key))?;
+                let b = store
+                    .get(&obj.key)
+                    .await
+                    .with_context(|| format!("fetch {} from {}", obj.key, store.describe()))?;
                 Ok::<_, anyhow::Error>((obj, Body::Fetched(b)))
             } else {
                 Ok((obj, Body::Stream))
@@ -76,7 +79,10 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
         let reader: Box<dyn Read + Send> = match body {
             Body::Fetched(b) => Box::new(std::io::Cursor::new(b)),
             Body::Stream => {
-                let s = store.get_stream(&obj.key).await.with_context(|| format!("fetch {}", obj.key))?;
+                let s = store
+                    .get_stream(&obj.key)
+                    .await
+                    .with_context(|| format!("fetch {} from {}", obj.key, store.describe()))?;
                 Box::new(SyncIoBridge::new(s))
             }
         };
@@ -87,7 +93,7 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
             tokio::task::spawn_blocking(move || apply_one(&out, reader, prev, reached))
                 .await
                 .context("apply task")?
-                .with_context(|| format!("apply {key}"))?;
+                .with_context(|| format!("object {key} in {}", store.describe()))?;
         if header.min_txid != obj.min.0 || header.max_txid != obj.max.0 {
             bail!(
                 "object {} holds transactions {}-{} but its name says {}-{}",
