@@ -43,6 +43,9 @@ pub struct Common {
     /// Shortest time between two uploads under steady writes (e.g. 1s, 250ms).
     #[arg(long, env = "WALFLEET_SYNC_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub sync_interval: Duration,
+    /// Local disk kept for changes waiting for object storage (bytes, e.g. 1073741824).
+    #[arg(long, env = "WALFLEET_SPOOL_BUDGET", default_value_t = 1 << 30)]
+    pub spool_budget: u64,
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +150,7 @@ struct FileDb {
 /// Everything `replicate` needs.
 #[derive(Clone, Debug)]
 pub struct ReplicateConfig {
+    pub spool_budget: u64,
     pub databases: Vec<DbConfig>,
     pub http_addr: SocketAddr,
     pub sync_interval: Duration,
@@ -191,6 +195,7 @@ impl ReplicateArgs {
     pub fn resolve(&self) -> Result<ReplicateConfig> {
         let (db, url) = split_positional(&self.positional)?;
         let mut cfg = ReplicateConfig {
+            spool_budget: self.common.spool_budget,
             databases: Vec::new(),
             http_addr: self.common.http_addr,
             sync_interval: self.common.sync_interval,

@@ -79,6 +79,7 @@ async fn start_one(
                 sync_interval: cfg.sync_interval,
                 platform: crate::config::platform_identity(),
                 shutdown_timeout,
+                spool_budget: cfg.spool_budget,
                 ..ReplicateOptions::default()
             },
             metrics: metrics.clone(),

@@ -34,6 +34,9 @@ pub struct ReplicateOptions {
     pub checkpoint_interval: Duration,
     /// How long shutdown may spend shipping the final tail.
     pub shutdown_timeout: Duration,
+    /// Most bytes of captured-but-not-uploaded files kept on local disk during an outage;
+    /// past it the spool is dropped and the whole database is shipped once storage is back.
+    pub spool_budget: u64,
     pub instance: String,
     /// The platform's name for this instance (Cloud Run revision, Fly machine, host name).
     pub platform: Option<String>,
@@ -46,6 +49,7 @@ impl Default for ReplicateOptions {
             checkpoint_bytes: 4 << 20,
             checkpoint_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(8),
+            spool_budget: 1 << 30,
             instance: new_instance_id(),
             platform: None,
         }
@@ -165,7 +169,10 @@ impl DbReplicator {
                     }
                     Err(e) => {
                         warn!(error = %format!("{e:#}"), db = %self.metrics.name, "upload failed; will retry");
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        // Exponential backoff with jitter, at most 30 s.
+                        let jitter =
+                            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+                        backoff = (backoff * 2).min(Duration::from_secs(30)) + jitter;
                         continue;
                     }
                 }
@@ -217,6 +224,28 @@ impl DbReplicator {
     }
 
     async fn capture_all(&self, cap: &Shared, session: &mut Session, drain: bool) -> Result<()> {
+        let spooled: u64 = session.spool.iter().map(|c| c.size).sum();
+        if spooled > self.opts.spool_budget && session.spool.len() > 1 {
+            // Storage has been away too long: drop the spool and ship the whole database as
+            // the transaction after the last durable one, so the history keeps no gap.
+            warn!(db = %self.metrics.name, spooled, budget = self.opts.spool_budget,
+                "upload spool over budget; dropping it and shipping the whole database when storage returns");
+            for c in session.spool.drain(..) {
+                let _ = std::fs::remove_file(&c.path);
+            }
+            let durable = session.durable;
+            let c = blocking(cap, move |c| {
+                c.txid = durable;
+                c.capture_full(durable.next())
+            })
+            .await?;
+            self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+            self.metrics.oldest_pending_ms.store(0, Ordering::Relaxed);
+            self.captured(session, c);
+            if !drain {
+                return self.refresh_pending(cap, session).await;
+            }
+        }
         loop {
             match blocking(cap, |c| c.capture()).await? {
                 Outcome::Idle => break,
