@@ -4,10 +4,12 @@ use crc::{Crc, Digest, CRC_64_GO_ISO};
 
 use super::CHECKSUM_FLAG;
 
-static CRC64_ISO: Crc<u64> = Crc::<u64>::new(&CRC_64_GO_ISO);
+/// Slice-by-16 tables: several times faster than the byte-wise default on whole pages.
+pub(super) type Table = crc::Table<16>;
+static CRC64_ISO: Crc<u64, Table> = Crc::<u64, Table>::new(&CRC_64_GO_ISO);
 
 /// A fresh streaming CRC-64/GO-ISO hasher.
-pub(super) fn hasher() -> Digest<'static, u64> {
+pub(super) fn hasher() -> Digest<'static, u64, Table> {
     CRC64_ISO.digest()
 }
 

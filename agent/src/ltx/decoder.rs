@@ -29,13 +29,13 @@ pub struct Decoder<R: Read> {
     header: Header,
     lock_pgno: u32,
     state: State,
-    hash: Digest<'static, u64>,
+    hash: Digest<'static, u64, super::checksum::Table>,
     read: u64,
     prev_pgno: u32,
     /// Present when this is a snapshot whose post-apply checksum we verify.
     db_checksum: Option<DatabaseChecksum>,
     /// Hash and length of the page index the pages read so far imply.
-    expected_index: Digest<'static, u64>,
+    expected_index: Digest<'static, u64, super::checksum::Table>,
     expected_index_len: u64,
     compressed: Vec<u8>,
 }

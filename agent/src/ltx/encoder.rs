@@ -17,7 +17,7 @@ pub struct Encoder<W: Write> {
     w: W,
     header: Header,
     lock_pgno: u32,
-    hash: Digest<'static, u64>,
+    hash: Digest<'static, u64, super::checksum::Table>,
     written: u64,
     prev_pgno: u32,
     /// Encoded page index entries, in page order (which is pgno order).
