@@ -126,7 +126,7 @@ impl DbReplicator {
         self.metrics.ready.store(true, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<()>(1);
         *self.metrics.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
-        let _watcher = watch_wal(&self.db_path, tx);
+        let mut watcher = WalWatcher::new(&self.db_path, tx);
         let mut last_upload: Option<Instant> = None;
         let mut last_checkpoint = Instant::now();
         let mut last_compaction = [Instant::now(); COMPACTION_LEVELS.len()];
@@ -134,9 +134,10 @@ impl DbReplicator {
         let mut backoff = Duration::from_millis(200);
         loop {
             let idle = session.spool.is_empty();
+            watcher.resume();
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = rx.recv() => {}
+                _ = rx.recv() => watcher.pause(),
                 _ = tokio::time::sleep(if idle { Duration::from_secs(1) } else { backoff }) => {
                     let now = wal_stat(&self.db_path);
                     if idle && now == last_wal_stat {
@@ -556,22 +557,48 @@ fn wal_stat(db: &Path) -> Option<(u64, std::time::SystemTime)> {
 }
 
 /// Wakes the loop when the WAL changes (inotify); the loop also polls once a second.
-fn watch_wal(db: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
-    let dir = db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if ev.paths.iter().any(|p| p.file_name() == wal.file_name()) {
-                let _ = tx.try_send(());
+///
+/// The watch is paused from the first event until the loop is ready for the next one: under
+/// steady writes every commit would otherwise wake the agent, and on a small machine those
+/// wake-ups are taken from the app.
+struct WalWatcher {
+    inner: Option<notify::RecommendedWatcher>,
+    dir: PathBuf,
+    watching: bool,
+}
+
+impl WalWatcher {
+    fn new(db: &Path, tx: mpsc::Sender<()>) -> WalWatcher {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let dir = db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let inner = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if let Ok(ev) = ev {
+                if ev.paths.iter().any(|p| p.file_name() == wal.file_name()) {
+                    let _ = tx.try_send(());
+                }
             }
+        })
+        .map_err(|e| warn!(error = %e, "no file watcher; polling once a second"))
+        .ok();
+        WalWatcher { inner, dir, watching: false }
+    }
+
+    fn resume(&mut self) {
+        use notify::Watcher;
+        if let (false, Some(w)) = (self.watching, self.inner.as_mut()) {
+            self.watching = w.watch(&self.dir, notify::RecursiveMode::NonRecursive).is_ok();
         }
-    })
-    .ok()?;
-    w.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
-    Some(w)
+    }
+
+    fn pause(&mut self) {
+        use notify::Watcher;
+        if let (true, Some(w)) = (self.watching, self.inner.as_mut()) {
+            let _ = w.unwatch(&self.dir);
+            self.watching = false;
+        }
+    }
 }
 
 pub fn hostname() -> String {
