@@ -8,6 +8,7 @@ use rusqlite::Connection;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tests::memory::{restore_measured, PeakRss};
+use tests::replica::wait_durable_past;
 use tests::sqlite::{content_hash, integrity_check, page_checksum};
 use tests::{Agent, S3Server};
 
@@ -72,33 +73,6 @@ fn build(db: &Path, page_size: u32, rng: &mut StdRng) -> Result<()> {
         bail!("journal_mode is {mode}, not wal");
     }
     Ok(())
-}
-
-/// Waits until the agent has captured past `after` and all of it is durable: the durable TXID.
-fn wait_durable_past(agent: &mut Agent, after: u64, timeout: Duration) -> Result<u64> {
-    let start = Instant::now();
-    loop {
-        let last = match agent.metrics() {
-            Ok(m) => {
-                let local = m.select("walfleet_local_txid").unwrap_or(0.0) as u64;
-                let durable = m.select("walfleet_durable_txid").unwrap_or(0.0) as u64;
-                let lag = m.select("walfleet_lag_bytes").unwrap_or(f64::NAN);
-                if local > after && durable == local && lag == 0.0 {
-                    return Ok(durable);
-                }
-                m.dump()
-            }
-            // The HTTP server may not listen yet.
-            Err(e) => format!("{e:#}"),
-        };
-        if let Some(st) = agent.try_status()? {
-            bail!("agent exited ({st}) waiting for durability past txid {after}; last scrape:\n{last}");
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out waiting for local > {after}, durable == local, lag == 0; last scrape:\n{last}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The `checksum=` field of the agent's `restored` log line (ANSI colours removed).

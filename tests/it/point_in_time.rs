@@ -9,6 +9,7 @@ use rusqlite::Connection;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tests::process::expect_success;
+use tests::replica::wait_durable_past;
 use tests::sqlite::{content_hash, integrity_check, open_wal};
 use tests::{restore, Agent, S3Server};
 
@@ -83,34 +84,6 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
-}
-
-/// Waits until the agent has captured past `after` and everything captured is durable:
-/// returns the durable TXID.
-fn wait_durable_past(agent: &mut Agent, after: u64) -> Result<u64> {
-    let start = std::time::Instant::now();
-    loop {
-        let last = match agent.metrics() {
-            Ok(m) => {
-                let local = m.select("walfleet_local_txid").unwrap_or(0.0) as u64;
-                let durable = m.select("walfleet_durable_txid").unwrap_or(0.0) as u64;
-                let lag = m.select("walfleet_lag_bytes").unwrap_or(f64::NAN);
-                if local > after && durable == local && lag == 0.0 {
-                    return Ok(durable);
-                }
-                m.dump()
-            }
-            // The HTTP server may not listen yet.
-            Err(e) => format!("{e:#}"),
-        };
-        if let Some(st) = agent.try_status()? {
-            bail!("agent exited ({st}) waiting for durability past txid {after}; last scrape:\n{last}");
-        }
-        if start.elapsed() > T {
-            bail!("timed out waiting for local > {after}, durable == local, lag == 0; last scrape:\n{last}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn blob(rng: &mut StdRng) -> Vec<u8> {
@@ -269,7 +242,7 @@ fn restores_equal_the_source_at_random_txids_and_times() -> Result<()> {
 
     let db_s = db.to_str().context("utf-8 path")?;
     let mut agent = Agent::start(&["replicate", db_s, &url, "--sync-interval", "250ms"], &s3.env())?;
-    let first = wait_durable_past(&mut agent, 0)?;
+    let first = wait_durable_past(&mut agent, 0, T)?;
     let mut points = vec![Point {
         step: 0,
         op: "initial",
@@ -286,7 +259,7 @@ fn restores_equal_the_source_at_random_txids_and_times() -> Result<()> {
         prev.next_start_ms = Some(now_ms());
         let step = i + 1;
         run_step(&conn, &mut rng, step, op).with_context(|| format!("step {step} ({op})"))?;
-        let txid = wait_durable_past(&mut agent, after).with_context(|| format!("step {step} ({op})"))?;
+        let txid = wait_durable_past(&mut agent, after, T).with_context(|| format!("step {step} ({op})"))?;
         let durable_ms = now_ms();
         points.push(Point { step, op, txid, hash: content_hash(&db)?, durable_ms, next_start_ms: None });
     }

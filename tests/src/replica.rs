@@ -151,3 +151,31 @@ pub fn parse_ltx_key(key: &str) -> Option<(u8, u64, u64)> {
 pub fn file_url(dir: &Path) -> String {
     format!("file://{}", dir.display())
 }
+
+/// Waits until the agent has captured past `after` and everything captured is durable
+/// (`local > after`, `durable == local`, `lag_bytes == 0`); returns the durable TXID.
+pub fn wait_durable_past(agent: &mut Agent, after: u64, timeout: Duration) -> Result<u64> {
+    let start = Instant::now();
+    loop {
+        let last = match agent.metrics() {
+            Ok(m) => {
+                let local = m.select("walfleet_local_txid").unwrap_or(0.0) as u64;
+                let durable = m.select("walfleet_durable_txid").unwrap_or(0.0) as u64;
+                let lag = m.select("walfleet_lag_bytes").unwrap_or(f64::NAN);
+                if local > after && durable == local && lag == 0.0 {
+                    return Ok(durable);
+                }
+                m.dump()
+            }
+            // The HTTP server may not listen yet.
+            Err(e) => format!("{e:#}"),
+        };
+        if let Some(st) = agent.try_status()? {
+            bail!("agent exited ({st}) waiting for durability past txid {after}; last scrape:\n{last}");
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out waiting for local > {after}, durable == local, lag == 0; last scrape:\n{last}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -38,8 +38,9 @@ pub const TIMESTAMP_METADATA_KEY: &str = "litestream-timestamp";
 pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
 /// Part size of multipart uploads.
 pub const MULTIPART_PART_SIZE: u64 = 8 * 1024 * 1024;
-/// Parts uploaded concurrently; with [`MULTIPART_PART_SIZE`] this bounds buffered bytes to 32 MiB.
-pub const MULTIPART_MAX_IN_FLIGHT: usize = 4;
+/// Parts uploaded concurrently; with [`MULTIPART_PART_SIZE`] this bounds buffered bytes to 16 MiB
+/// (the allocator keeps freed part buffers around, so the process pays about twice that).
+pub const MULTIPART_MAX_IN_FLIGHT: usize = 2;
 
 /// One store over a local directory or an S3-compatible bucket.
 #[derive(Clone, Debug)]
