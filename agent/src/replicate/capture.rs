@@ -397,19 +397,23 @@ impl Capture {
     /// PASSIVE checkpoint under the write lock, after everything committed was captured.
     /// Returns false (and changes nothing) when the app holds the write lock right now or new
     /// frames arrived: the caller tries again after the next capture.
-    pub fn checkpoint(&mut self) -> Result<bool> {
+    ///
+    /// With `run_checkpoint` false it only moves the pin up to the end of the log, which lets
+    /// the app's own checkpoints backfill everything captured so far (and keeps the app's
+    /// autocheckpoint from re-scanning an ever longer unbackfilled tail on every commit).
+    pub fn checkpoint(&mut self, run_checkpoint: bool) -> Result<bool> {
         if let Err(e) = self.writer.execute_batch("BEGIN IMMEDIATE") {
             if is_busy(&e) {
                 return Ok(false);
             }
             return Err(e).context("take write lock for checkpoint");
         }
-        let result = self.checkpoint_locked();
+        let result = self.checkpoint_locked(run_checkpoint);
         let _ = self.writer.execute_batch("ROLLBACK");
         result
     }
 
-    fn checkpoint_locked(&mut self) -> Result<bool> {
+    fn checkpoint_locked(&mut self, run_checkpoint: bool) -> Result<bool> {
         let Some(cursor) = self.cursor else { return Ok(false) };
         let Some((file, header)) = self.wal()? else { return Ok(false) };
         if header.salt1 != cursor.salt1 || header.salt2 != cursor.salt2 {
@@ -417,6 +421,10 @@ impl Capture {
         }
         if !wal::read_committed(&file, &header, cursor, 1)?.is_empty() {
             return Ok(false);
+        }
+        if !run_checkpoint {
+            self.repin()?;
+            return Ok(true);
         }
         self.pin.execute_batch("COMMIT").context("end read transaction")?;
         self.pinned = false;

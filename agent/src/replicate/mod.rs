@@ -189,9 +189,12 @@ impl DbReplicator {
             }
             let due = since >= self.opts.checkpoint_bytes
                 || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
-            if due && blocking(&cap, |c| c.checkpoint()).await? {
+            if due && blocking(&cap, |c| c.checkpoint(true)).await? {
                 self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
                 last_checkpoint = Instant::now();
+            } else if since > 0 {
+                // Move the pin to what was just captured (see Capture::checkpoint).
+                blocking(&cap, |c| c.checkpoint(false)).await?;
             }
         }
         self.shutdown(&cap, &mut session).await
