@@ -5,5 +5,6 @@ mod errors;
 mod harness;
 mod interop;
 mod large;
+mod lifecycle;
 mod persistence;
 mod point_in_time;

@@ -40,6 +40,8 @@ macro_rules! with_condition {
 
 const DEFAULT_REGION: &str = "us-east-1";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// S3's limits: keys per DeleteObjects request, parts per multipart upload.
 const DELETE_BATCH: usize = 1000;
 const MAX_PARTS: u64 = 10_000;
@@ -118,7 +120,16 @@ impl S3Store {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.clone()))
             .retry_config(RetryConfig::standard())
-            .timeout_config(TimeoutConfig::builder().connect_timeout(CONNECT_TIMEOUT).build())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    // A server that accepts and never answers must fail the attempt, not hang
+                    // replication: no read for this long ends it, and no attempt (an 8 MiB
+                    // part included) may take longer than the attempt timeout.
+                    .read_timeout(READ_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
             .force_path_style(url.force_path_style.unwrap_or(endpoint.is_some()));
         config = match &settings.credentials {
             Some(creds) => config.credentials_provider(Credentials::new(

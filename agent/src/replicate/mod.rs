@@ -414,14 +414,7 @@ impl DbReplicator {
         let top = store.list("", Some("/")).await.context("list replica root")?;
         let gens = layout::generations(&top);
         // The newest position on record: the newest generation with any history.
-        let mut latest: Option<(Generation, Txid, Vec<layout::LtxObject>)> = None;
-        for g in gens.iter().rev() {
-            let files = restore::list_generation(store, &layout::generation_prefix(*g)).await?;
-            if let Some(txid) = restore::plan::latest(&files) {
-                latest = Some((*g, txid, files));
-                break;
-            }
-        }
+        let latest = restore::newest_history(store, &gens).await?;
         // A database without a single page yet has nothing to replicate: wait for the app.
         let scan = loop {
             let scan = blocking(cap, |c| c.scan()).await?;

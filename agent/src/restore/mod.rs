@@ -48,6 +48,23 @@ pub async fn resolve(store: &ObjectStore) -> Result<Option<Source>> {
     Ok(single.then_some(Source::Single))
 }
 
+/// The newest generation whose history is complete (reaches at least its base): its number,
+/// newest transaction and files.
+pub async fn newest_history(
+    store: &ObjectStore,
+    gens: &[Generation],
+) -> Result<Option<(Generation, Txid, Vec<LtxObject>)>> {
+    for g in gens.iter().rev() {
+        let files = list_generation(store, &layout::generation_prefix(*g)).await?;
+        let Some(txid) = plan::latest(&files) else { continue };
+        let base = Manifest::load(store, *g).await?.map(|m| m.base_txid).unwrap_or(Txid::ZERO);
+        if txid >= base {
+            return Ok(Some((*g, txid, files)));
+        }
+    }
+    Ok(None)
+}
+
 pub async fn list_generation(store: &ObjectStore, base: &str) -> Result<Vec<LtxObject>> {
     let listing = store
         .list(base, None)
@@ -102,7 +119,11 @@ pub async fn choose(store: &ObjectStore, target: Target) -> Result<Chosen> {
         if files.is_empty() {
             continue;
         }
+        let base_txid = manifest.as_ref().map(|m| m.base_txid).unwrap_or(Txid::ZERO);
         match plan_for(store, &base, &files, target).await {
+            // A writer killed while copying its base leaves a generation that ends before
+            // its own starting point: it holds nothing its parent does not.
+            Ok(plan) if plan.last().map(|f| f.max).unwrap_or(Txid::ZERO) < base_txid => continue,
             Ok(plan) => return Ok(Chosen { base, generation: Some(g), plan }),
             Err(e) => {
                 if target == Target::Latest {
