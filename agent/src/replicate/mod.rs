@@ -432,8 +432,17 @@ impl DbReplicator {
         let (parent, exact): (Option<Parent>, bool) = match &latest {
             None => (None, false),
             Some((g, txid, _)) => {
-                let sealed = Manifest::load(store, *g).await?.and_then(|m| m.sealed).filter(|p| p.txid == *txid);
-                let known = local.as_ref().filter(|s| s.replica == self.replica_url && s.generation == *g);
+                // Our notes name this generation, or its parent when this generation holds nothing
+                // of its own (a writer killed right after copying its base): the parent's only
+                // writer was the process that left the notes beside this database.
+                let g_manifest = Manifest::load(store, *g).await?;
+                let no_own_writes = g_manifest.as_ref().is_some_and(|m| m.base_txid == *txid);
+                let g_parent = g_manifest.as_ref().and_then(|m| m.parent.as_ref()).map(|p| p.generation);
+                let sealed = g_manifest.and_then(|m| m.sealed).filter(|p| p.txid == *txid);
+                let known = local.as_ref().filter(|s| {
+                    s.replica == self.replica_url
+                        && (s.generation == *g || (no_own_writes && Some(s.generation) == g_parent && s.txid <= *txid))
+                });
                 let (checksum, exact) = match (known, sealed) {
                     (Some(s), _) if s.txid == *txid && s.checksum() == Some(scan.checksum) => (scan.checksum, true),
                     (_, Some(p)) if p.checksum() == Some(scan.checksum) => (scan.checksum, true),
@@ -500,6 +509,17 @@ impl DbReplicator {
             Some((g, txid, files)) => {
                 let txid = *txid;
                 self.copy_base(*g, files, txid, generation).await?;
+                // From here on this database's notes name the new generation.
+                state::save(
+                    &self.db_path,
+                    &state::LocalState {
+                        replica: self.replica_url.clone(),
+                        generation,
+                        txid,
+                        checksum: format!("{:016x}", if exact { scan.checksum } else { 0 }),
+                        cursor: None,
+                    },
+                )?;
                 session.durable = txid;
                 session.durable_checksum = if exact { scan.checksum } else { 0 };
                 self.metrics.durable_txid.store(txid.0, Ordering::Relaxed);
