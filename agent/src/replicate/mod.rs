@@ -432,17 +432,29 @@ impl DbReplicator {
         let (parent, exact): (Option<Parent>, bool) = match &latest {
             None => (None, false),
             Some((g, txid, _)) => {
-                // Our notes name this generation, or its parent when this generation holds nothing
-                // of its own (a writer killed right after copying its base): the parent's only
-                // writer was the process that left the notes beside this database.
+                // Our notes name this generation, or an ancestor reached only through
+                // generations that hold nothing of their own (writers killed right after copying
+                // their base): each of those generations' only writer was a process that ran
+                // beside this database, so they continue the lineage the notes prove.
                 let g_manifest = Manifest::load(store, *g).await?;
-                let no_own_writes = g_manifest.as_ref().is_some_and(|m| m.base_txid == *txid);
-                let g_parent = g_manifest.as_ref().and_then(|m| m.parent.as_ref()).map(|p| p.generation);
-                let sealed = g_manifest.and_then(|m| m.sealed).filter(|p| p.txid == *txid);
-                let known = local.as_ref().filter(|s| {
-                    s.replica == self.replica_url
-                        && (s.generation == *g || (no_own_writes && Some(s.generation) == g_parent && s.txid <= *txid))
-                });
+                let sealed = g_manifest.as_ref().and_then(|m| m.sealed.clone()).filter(|p| p.txid == *txid);
+                let mut proven = local.as_ref().is_some_and(|s| s.replica == self.replica_url && s.generation == *g);
+                let mut cursor = g_manifest;
+                for _ in 0..64 {
+                    let Some(m) = cursor.take() else { break };
+                    let Some(parent) = m.parent.as_ref().filter(|p| m.base_txid == *txid && p.position.txid == *txid)
+                    else {
+                        break;
+                    };
+                    if local.as_ref().is_some_and(|s| {
+                        s.replica == self.replica_url && s.generation == parent.generation && s.txid <= *txid
+                    }) {
+                        proven = true;
+                        break;
+                    }
+                    cursor = Manifest::load(store, parent.generation).await?;
+                }
+                let known = local.as_ref().filter(|_| proven);
                 let (checksum, exact) = match (known, sealed) {
                     (Some(s), _) if s.txid == *txid && s.checksum() == Some(scan.checksum) => (scan.checksum, true),
                     (_, Some(p)) if p.checksum() == Some(scan.checksum) => (scan.checksum, true),
