@@ -1142,7 +1142,7 @@ runs from a YAML config (`-config`) so its `addr:` metrics endpoint is on.
 transaction is one autocommit `INSERT` of a row with a 100-byte random blob (SQLite's default
 1000-page autocheckpoint stays on). Every scenario starts from a fresh database.
 
-**Noise.** The machine is shared (other engineers compile and run tests on it), so every phase
+**Noise.** The machine is shared (other builds and test runs share it), so every phase
 also records the machine's busy CPU not spent by the agent, the app, s3s-fs or the harness
 ("other procs' CPU"), and "no agent" is measured three times (before, between, after).
 
