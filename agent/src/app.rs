@@ -139,8 +139,8 @@ async fn generations(args: GenerationsArgs) -> Result<()> {
                 s("parent"),
                 s("latest_txid"),
                 if r["sealed"].is_null() { "no" } else { "yes" },
-                r["files"],
-                r["bytes"],
+                r["files"].as_u64().unwrap_or(0),
+                r["bytes"].as_u64().unwrap_or(0),
                 s("writer")
             );
         }

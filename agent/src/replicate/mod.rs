@@ -146,6 +146,12 @@ impl DbReplicator {
                 }
             }
             last_wal_stat = wal_stat(&self.db_path);
+            // Commits waiting for the next sync count as lag from the moment they are seen.
+            self.refresh_pending(&cap, &session).await?;
+            if self.metrics.pending_bytes.load(Ordering::Relaxed) > 0 {
+                let now = capture::now_ms();
+                let _ = self.metrics.oldest_pending_ms.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            }
             // First commit after idle goes at once; under steady writes at most one upload
             // per sync interval.
             if let Some(t) = last_upload {
