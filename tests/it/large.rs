@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use rusqlite::Connection;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tests::memory::{restore_measured, PeakRss};
 use tests::replica::wait_durable_past;
 use tests::sqlite::{content_hash, integrity_check, page_checksum};
@@ -18,15 +18,6 @@ const TARGET_BYTES: u64 = 1_100 * 1024 * 1024;
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
 /// Long enough for a debug-build agent to ship or restore 1.1 GiB on a busy 2-core machine.
 const BIG: Duration = Duration::from_secs(300);
-
-fn seed() -> u64 {
-    let seed = std::env::var("WALFLEET_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
-    eprintln!("seed {seed} (rerun with WALFLEET_TEST_SEED={seed})");
-    seed
-}
 
 fn random_blob(rng: &mut StdRng, min: usize, max: usize) -> Vec<u8> {
     let mut v = vec![0u8; rng.gen_range(min..max)];
@@ -179,7 +170,7 @@ struct Peaks {
 
 #[test]
 fn one_gib_database_restores_exactly_4k_and_64k_pages() -> Result<()> {
-    let mut rng = StdRng::seed_from_u64(seed());
+    let mut rng = StdRng::seed_from_u64(tests::test_seed());
     // Both sizes run before the memory bound is judged, so a failure shows every figure.
     let peaks = [one_size(4096, &mut rng)?, one_size(65536, &mut rng)?];
     let report: Vec<String> = peaks

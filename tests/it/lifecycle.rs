@@ -326,11 +326,7 @@ fn lossy_network_restores_exactly() -> Result<()> {
 /// app's database as stale, and after one clean run the restore is exact.
 #[test]
 fn crash_anywhere_fifty_kills() -> Result<()> {
-    let seed: u64 = match std::env::var("WALFLEET_TEST_SEED") {
-        Ok(s) => s.parse().context("WALFLEET_TEST_SEED")?,
-        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64,
-    };
-    eprintln!("crash_anywhere_fifty_kills: seed {seed} (set WALFLEET_TEST_SEED to replay)");
+    let seed = tests::test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let s3 = S3Server::new()?;
     let url = s3.url("crash/app");

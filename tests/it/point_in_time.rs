@@ -31,16 +31,6 @@ struct Point {
     next_start_ms: Option<u64>,
 }
 
-/// The seed for this run: `WALFLEET_TEST_SEED` or fresh, printed so a failure can be replayed.
-fn seed() -> u64 {
-    let seed = std::env::var("WALFLEET_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
-    eprintln!("seed {seed} (rerun with WALFLEET_TEST_SEED={seed})");
-    seed
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -224,7 +214,7 @@ fn restore_and_check(s3: &S3Server, url: &str, out: &Path, extra: &[&str], want_
 
 #[test]
 fn restores_equal_the_source_at_random_txids_and_times() -> Result<()> {
-    let seed = seed();
+    let seed = tests::test_seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let s3 = S3Server::new()?;
     let dir = tempfile::tempdir()?;

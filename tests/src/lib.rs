@@ -53,6 +53,16 @@ pub fn try_wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> b
 }
 
 /// A free TCP port on 127.0.0.1 (bind :0, read the port, release it).
+/// The seed of a randomised test: `WALFLEET_TEST_SEED` or a fresh one, printed so that a
+/// failure can be replayed.
+pub fn test_seed() -> u64 {
+    let seed = std::env::var("WALFLEET_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    eprintln!("seed {seed} (rerun with WALFLEET_TEST_SEED={seed})");
+    seed
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

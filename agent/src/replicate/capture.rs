@@ -383,12 +383,10 @@ impl Capture {
     pub fn pending_wal_bytes(&self) -> u64 {
         let Some(c) = self.cursor else { return 0 };
         match self.wal() {
-            Ok(Some((f, h))) if h.salt1 == c.salt1 && h.salt2 == c.salt2 => {
-                wal::read_committed(&f, &h, c, u64::MAX).map(|r| r.bytes).unwrap_or(0)
-            }
-            // A restarted log: everything committed in it is pending.
             Ok(Some((f, h))) => {
-                wal::read_committed(&f, &h, WalCursor::start(&h), u64::MAX).map(|r| r.bytes).unwrap_or(0)
+                // A restarted log: everything committed in it is pending.
+                let from = if h.salt1 == c.salt1 && h.salt2 == c.salt2 { c } else { WalCursor::start(&h) };
+                wal::committed_bytes_estimate(&f, &h, from).unwrap_or(0)
             }
             _ => 0,
         }
