@@ -1,18 +1,22 @@
 //! What each command does, callable in-process with a cancellation token.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::config::{Command, GenerationsArgs, ReplicateConfig, RestoreConfig};
+use crate::control::Mode;
 use crate::health::{self, Registry};
 use crate::manifest::Manifest;
 use crate::object_store::ObjectStore;
 use crate::replicate::ReplicateOptions;
 use crate::restore::{self, RestoreOptions, RestoreOutcome};
+use crate::run::StartOptions;
 
 /// Runs a command to completion; returns the process exit code.
 pub async fn run(command: Command, cancel: CancellationToken) -> Result<i32> {
@@ -29,15 +33,15 @@ pub async fn replicate(cfg: ReplicateConfig, stale_protection: bool, cancel: Can
     let registry = Arc::new(Registry::default());
     let tracker = TaskTracker::new();
     let http = tracker.spawn(health::serve(cfg.http_addr, registry.clone(), cancel.clone()));
-    let tasks = crate::run::start_databases(
-        &cfg,
-        &registry,
-        &cancel,
+    let opts = StartOptions {
         stale_protection,
-        ReplicateOptions::default().shutdown_timeout,
-    )
-    .await;
-    let tasks = match tasks {
+        shutdown_timeout: ReplicateOptions::default().shutdown_timeout,
+        mode: Mode::Replicate,
+        app_stop: None,
+        release_timeout: Duration::from_secs(2),
+    };
+    let started = crate::run::start_databases(&cfg, &registry, &cancel, &opts).await;
+    let started = match started {
         Ok(t) => t,
         Err(e) => {
             cancel.cancel();
@@ -47,8 +51,12 @@ pub async fn replicate(cfg: ReplicateConfig, stale_protection: bool, cancel: Can
     };
     tracker.close();
     let mut first_err = None;
-    for (name, t) in tasks {
-        match t.await {
+    // In the order they end: one database failing (or handed over) must stop the others now,
+    // not when the ones before it in the list happen to finish.
+    let mut pending: FuturesUnordered<_> =
+        started.tasks.into_iter().map(|(name, t)| async move { (name, t.await) }).collect();
+    while let Some((name, res)) = pending.next().await {
+        match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 error!(db = %name, error = %format!("{e:#}"), "replication stopped");
@@ -63,6 +71,9 @@ pub async fn replicate(cfg: ReplicateConfig, stale_protection: bool, cancel: Can
         }
     }
     cancel.cancel();
+    if let Some(c) = started.commands {
+        let _ = c.await;
+    }
     if let Ok(Err(e)) = http.await {
         first_err.get_or_insert(e);
     }

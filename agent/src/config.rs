@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use proto::model::Txid;
+use proto::model::{DatabaseName, ProjectName, Txid};
 use serde::Deserialize;
 
 use crate::restore::Target;
@@ -46,6 +46,62 @@ pub struct Common {
     /// Local disk kept for changes waiting for object storage (bytes, e.g. 1073741824).
     #[arg(long, env = "WALFLEET_SPOOL_BUDGET", default_value_t = 1 << 30)]
     pub spool_budget: u64,
+    /// How often a whole-database snapshot (level 9) bounds the cost of a restore; 0 turns
+    /// snapshots off.
+    #[arg(long, env = "WALFLEET_SNAPSHOT_INTERVAL", default_value = "24h", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// The controller this agent leases its databases from (optional: without one the agent runs
+/// standalone).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ControlArgs {
+    /// gRPC URL of the walfleet controller (http://host:port or https://host:port).
+    #[arg(long, env = "WALFLEET_CONTROLLER")]
+    pub controller: Option<String>,
+    /// The project's agent token (required with --controller).
+    #[arg(long, env = "WALFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<Secret>,
+    /// The project the databases belong to (required with --controller).
+    #[arg(long, env = "WALFLEET_PROJECT")]
+    pub project: Option<String>,
+    /// PEM file of a private CA that signed the controller's certificate (https only; the
+    /// public web roots are trusted otherwise).
+    #[arg(long, env = "WALFLEET_CONTROLLER_CA")]
+    pub controller_ca: Option<PathBuf>,
+    /// How long start-up may wait for an unreachable controller or for a lease another
+    /// instance holds (default 60s).
+    #[arg(long, env = "WALFLEET_LEASE_WAIT", value_parser = parse_duration)]
+    pub lease_wait: Option<Duration>,
+}
+
+/// A value that must never reach a log: `Debug` prints a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -125,7 +181,24 @@ pub struct DbConfig {
     pub name: String,
     pub path: PathBuf,
     pub replica_url: String,
+    /// The name the controller knows it by (`name`, validated): set when a controller is
+    /// configured.
+    pub database: Option<DatabaseName>,
 }
+
+/// How to reach the controller, validated.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub url: String,
+    pub token: Secret,
+    pub project: ProjectName,
+    /// PEM of a private CA for an https controller.
+    pub ca_pem: Option<Vec<u8>>,
+    /// How long start-up waits for the controller or for a held lease.
+    pub lease_wait: Duration,
+}
+
+pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +207,16 @@ struct FileConfig {
     sync_interval: Option<String>,
     #[serde(default)]
     http_addr: Option<String>,
+    #[serde(default)]
+    controller: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    controller_ca: Option<PathBuf>,
+    #[serde(default)]
+    lease_wait: Option<String>,
     #[serde(default)]
     databases: Vec<FileDb>,
 }
@@ -154,6 +237,9 @@ pub struct ReplicateConfig {
     pub databases: Vec<DbConfig>,
     pub http_addr: SocketAddr,
     pub sync_interval: Duration,
+    pub snapshot_interval: Duration,
+    /// The controller, when one is configured.
+    pub control: Option<ControlConfig>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -199,7 +285,11 @@ impl ReplicateArgs {
             databases: Vec::new(),
             http_addr: self.common.http_addr,
             sync_interval: self.common.sync_interval,
+            snapshot_interval: self.common.snapshot_interval,
+            control: None,
         };
+        // Flags and environment win over the file for the controller settings.
+        let mut control = self.common.control.clone();
         if let Some(file) = &self.common.config {
             let fc = load_file(file)?;
             if let Some(s) = fc.sync_interval {
@@ -210,6 +300,14 @@ impl ReplicateArgs {
                 cfg.http_addr =
                     a.parse().with_context(|| format!("{}: http_addr {a:?} is not host:port", file.display()))?;
             }
+            control.controller = control.controller.or(fc.controller);
+            control.token = control.token.or(fc.token.map(Secret));
+            control.project = control.project.or(fc.project);
+            control.controller_ca = control.controller_ca.or(fc.controller_ca);
+            if let (None, Some(s)) = (control.lease_wait, fc.lease_wait) {
+                control.lease_wait =
+                    Some(parse_duration(&s).map_err(|e| anyhow::anyhow!("{}: lease_wait: {e}", file.display()))?);
+            }
             for d in fc.databases {
                 validate_url(&d.replica)
                     .with_context(|| format!("{}: database {}", file.display(), d.path.display()))?;
@@ -217,6 +315,7 @@ impl ReplicateArgs {
                     name: d.name.unwrap_or_else(|| default_name(&d.path)),
                     path: d.path,
                     replica_url: d.replica,
+                    database: None,
                 });
             }
         }
@@ -226,7 +325,7 @@ impl ReplicateArgs {
             (Some(path), Some(url)) => {
                 validate_url(&url)?;
                 let name = self.name.clone().unwrap_or_else(|| default_name(&path));
-                cfg.databases.push(DbConfig { name, path, replica_url: url });
+                cfg.databases.push(DbConfig { name, path, replica_url: url, database: None });
             }
             (Some(p), None) if cfg.databases.is_empty() => {
                 bail!("no replica URL for {}: give one after the path or set WALFLEET_REPLICA_URL", p.display())
@@ -239,8 +338,63 @@ impl ReplicateArgs {
         if cfg.databases.is_empty() {
             bail!("nothing to replicate: give DB_PATH REPLICA_URL, set WALFLEET_DB_PATH and WALFLEET_REPLICA_URL, or --config");
         }
+        cfg.control = resolve_control(&control, &mut cfg.databases)?;
         Ok(cfg)
     }
+}
+
+/// Validates the controller settings; with a controller every database needs a name the
+/// controller accepts.
+fn resolve_control(args: &ControlArgs, dbs: &mut [DbConfig]) -> Result<Option<ControlConfig>> {
+    let Some(url) = args.controller.clone() else { return Ok(None) };
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    if !scheme_ok || url.parse::<axum::http::Uri>().is_err() {
+        bail!("controller URL {url:?} is not supported: use http://host:port or https://host:port");
+    }
+    let Some(token) = args.token.clone().filter(|t| !t.expose().is_empty()) else {
+        bail!(
+            "a controller is set ({url}) but no agent token: set WALFLEET_TOKEN or --token (or `token` in the config)"
+        );
+    };
+    // The token travels as a header value.
+    if !token.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("the agent token (WALFLEET_TOKEN) has spaces or characters that cannot go in a header; copy it again");
+    }
+    let Some(project) = args.project.as_deref().filter(|p| !p.is_empty()) else {
+        bail!("a controller is set ({url}) but no project: set WALFLEET_PROJECT or --project (or `project` in the config)");
+    };
+    let project: ProjectName = project.parse().context("check WALFLEET_PROJECT / --project")?;
+    let ca_pem = match &args.controller_ca {
+        None => None,
+        Some(_) if url.starts_with("http://") => {
+            bail!("--controller-ca (WALFLEET_CONTROLLER_CA) is set but the controller URL {url} is plain http: use https://")
+        }
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("read controller CA {}", path.display()))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                bail!("controller CA {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display());
+            }
+            Some(pem)
+        }
+    };
+    for db in dbs.iter_mut() {
+        let name: DatabaseName = db.name.parse().with_context(|| {
+            // The file name usually carries an extension the controller refuses: offer the stem.
+            let stem = db.path.file_stem().map(|s| s.to_string_lossy().to_lowercase());
+            let like = stem.filter(|s| s.parse::<DatabaseName>().is_ok()).unwrap_or_else(|| "app".into());
+            format!(
+                "database {}: the controller needs a name like \"{like}\": set --name / WALFLEET_DB_NAME (or `name` in the config)",
+                db.path.display()
+            )
+        })?;
+        db.database = Some(name);
+    }
+    let mut names: Vec<&str> = dbs.iter().map(|d| d.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!("two databases are named {:?}: each needs its own name for the controller", w[0]);
+    }
+    Ok(Some(ControlConfig { url, token, project, ca_pem, lease_wait: args.lease_wait.unwrap_or(DEFAULT_LEASE_WAIT) }))
 }
 
 /// A validated restore request.
@@ -360,5 +514,61 @@ mod tests {
         assert_eq!(parse_txid("0000000000000011"), Ok(Txid(17)));
         assert!(parse_txid("x").is_err());
         assert!(validate_url("http://x").is_err());
+    }
+
+    fn dbs(name: &str) -> Vec<DbConfig> {
+        vec![DbConfig {
+            name: name.into(),
+            path: PathBuf::from("/d/app.db"),
+            replica_url: "file:///r".into(),
+            database: None,
+        }]
+    }
+
+    fn control(project: Option<&str>, token: Option<&str>) -> ControlArgs {
+        ControlArgs {
+            controller: Some("http://127.0.0.1:7070".into()),
+            token: token.map(Secret::new),
+            project: project.map(str::to_string),
+            ..ControlArgs::default()
+        }
+    }
+
+    fn err(args: &ControlArgs, name: &str) -> String {
+        format!("{:#}", resolve_control(args, &mut dbs(name)).expect_err("refused"))
+    }
+
+    #[test]
+    fn controller_needs_token_and_project() {
+        assert!(err(&control(Some("shop"), None), "app").contains("WALFLEET_TOKEN"));
+        assert!(err(&control(Some("shop"), Some("")), "app").contains("WALFLEET_TOKEN"));
+        assert!(err(&control(None, Some("t")), "app").contains("WALFLEET_PROJECT"));
+        let bad = err(&control(Some("Shop/../x"), Some("t")), "app");
+        assert!(bad.contains("invalid project name") && bad.contains("Shop/../x"), "{bad}");
+        let bad = err(&control(Some("shop"), Some("t")), "app.db");
+        assert!(bad.contains("\"app.db\"") && bad.contains("WALFLEET_DB_NAME"), "{bad}");
+        let mut url = control(Some("shop"), Some("t"));
+        url.controller = Some("127.0.0.1:7070".into());
+        assert!(err(&url, "app").contains("http://host:port"));
+        let mut ca = control(Some("shop"), Some("t"));
+        ca.controller_ca = Some(PathBuf::from("/nonexistent/ca.pem"));
+        assert!(err(&ca, "app").contains("plain http"));
+    }
+
+    #[test]
+    fn controller_settings_resolve_and_hide_the_token() {
+        let mut list = dbs("app");
+        let c = resolve_control(&control(Some("shop"), Some("wfagent_secret")), &mut list)
+            .expect("valid")
+            .expect("configured");
+        assert_eq!(c.project.as_str(), "shop");
+        assert_eq!(c.lease_wait, DEFAULT_LEASE_WAIT);
+        assert_eq!(list[0].database.as_ref().map(|d| d.as_str()), Some("app"));
+        assert!(!format!("{c:?}").contains("wfagent_secret"));
+        assert!(resolve_control(&ControlArgs::default(), &mut dbs("app.db")).expect("standalone").is_none());
+        let mut two = dbs("app");
+        two.extend(dbs("app"));
+        assert!(format!("{:#}", resolve_control(&control(Some("shop"), Some("t")), &mut two).expect_err("dup"))
+            .contains("two databases"));
     }
 }

@@ -1,4 +1,5 @@
-//! The agent's local HTTP endpoint: `/healthz`, `/readyz` and Prometheus `/metrics`.
+//! The agent's local HTTP endpoint: `/healthz`, `/readyz`, Prometheus `/metrics` and
+//! `/durable`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{LeaseState, LeaseStatus};
 use crate::object_store::RequestCounts;
 
 /// Live figures of one replicated database.
@@ -21,6 +23,10 @@ pub struct DbMetrics {
     pub generation: AtomicU64,
     pub local_txid: AtomicU64,
     pub durable_txid: AtomicU64,
+    /// Database checksum at `durable_txid` (0: unknown).
+    pub durable_checksum: AtomicU64,
+    /// Wall-clock ms of the last successful upload (0: none yet).
+    pub last_upload_ms: AtomicI64,
     /// Wall-clock ms of the oldest captured transaction not yet durable (0: none).
     pub oldest_pending_ms: AtomicI64,
     pub pending_bytes: AtomicU64,
@@ -35,6 +41,8 @@ pub struct DbMetrics {
     pub captured_at_ms: AtomicI64,
     /// Wakes the replication loop (a capture without waiting for the WAL watcher).
     pub wake: Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+    /// Where the database stands with the controller (`Standalone` without one).
+    pub lease: LeaseStatus,
 }
 
 impl DbMetrics {
@@ -67,6 +75,31 @@ impl DbMetrics {
         }
     }
 
+    /// Whether start-up is done as far as the controller goes: standalone, or the lease was
+    /// granted (a renew failing for a while does not make the app unready), or forked.
+    pub fn lease_ready(&self) -> bool {
+        matches!(
+            self.lease.state(),
+            LeaseState::Standalone | LeaseState::Held | LeaseState::Unconfirmed | LeaseState::Forked
+        )
+    }
+
+    /// Fencing rule 4: with a controller, a TXID is declared durable to the app only while
+    /// the lease is confirmed. `Err` says why not.
+    pub fn may_declare_durable(&self) -> Result<(), String> {
+        match self.lease.state() {
+            LeaseState::Standalone => Ok(()),
+            _ if self.lease.is_confirmed(tokio::time::Instant::now()) => Ok(()),
+            LeaseState::Held | LeaseState::Unconfirmed => {
+                Err("lease unconfirmed: the controller has not confirmed this instance's lease in time".into())
+            }
+            LeaseState::Fenced => Err("lease fenced: the controller gave the lease to another instance".into()),
+            LeaseState::Forked => Err("lease forked: this instance writes a fork without the lease".into()),
+            LeaseState::Pending => Err("lease pending: not acquired yet".into()),
+            LeaseState::Released => Err("lease released".into()),
+        }
+    }
+
     pub fn lag_seconds(&self) -> f64 {
         match self.oldest_pending_ms.load(Ordering::Relaxed) {
             0 => 0.0,
@@ -81,6 +114,8 @@ pub struct Registry {
     stores: Mutex<Vec<RequestCounts>>,
     /// Set once every database finished its start-up (restore, lease).
     pub started: AtomicBool,
+    /// Failed calls to the controller (every kind).
+    pub controller_errors: Arc<AtomicU64>,
 }
 
 impl Registry {
@@ -97,7 +132,8 @@ impl Registry {
     }
 
     pub fn ready(&self) -> bool {
-        self.started.load(Ordering::Relaxed) && self.dbs().iter().all(|d| d.ready.load(Ordering::Relaxed))
+        self.started.load(Ordering::Relaxed)
+            && self.dbs().iter().all(|d| d.ready.load(Ordering::Relaxed) && d.lease_ready())
     }
 
     pub fn render(&self) -> String {
@@ -138,6 +174,33 @@ impl Registry {
         gauge(&mut s, "walfleet_upload_blocked", "1 while object storage refuses uploads.", "gauge", &|d| {
             f64::from(u8::from(d.upload_blocked.load(Ordering::Relaxed)))
         });
+        let now = tokio::time::Instant::now();
+        gauge(&mut s, "walfleet_lease_held", "1 while the controller confirms this instance's lease.", "gauge", &|d| {
+            f64::from(u8::from(d.lease.is_confirmed(now)))
+        });
+        gauge(
+            &mut s,
+            "walfleet_lease_confirmed_until_seconds",
+            "Unix time until which the lease is confirmed (0: not confirmed).",
+            "gauge",
+            &|d| d.lease.confirmed_until_unix_ms() as f64 / 1000.0,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP walfleet_lease_state Where each database stands with the controller (1 for the current state).\n# TYPE walfleet_lease_state gauge"
+        );
+        for d in &dbs {
+            let current = d.lease.state();
+            for st in LeaseState::ALL {
+                let v = u8::from(st == current);
+                let _ = writeln!(s, "walfleet_lease_state{{db=\"{}\",state=\"{}\"}} {v}", escape(&d.name), st.as_str());
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP walfleet_controller_errors_total Failed calls to the controller.\n# TYPE walfleet_controller_errors_total counter\nwalfleet_controller_errors_total {}",
+            self.controller_errors.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             s,
             "# HELP walfleet_object_store_requests_total Requests sent to object storage.\n# TYPE walfleet_object_store_requests_total counter"
@@ -163,7 +226,8 @@ struct WaitQuery {
 }
 
 /// `GET /durable[?db=NAME][&txid=N][&timeout=10s]`: 200 with the durable TXID once the
-/// app's latest commit (or TXID N) is in object storage; 504 on timeout.
+/// app's latest commit (or TXID N) is in object storage; 504 on timeout; 503 when a
+/// controller is configured and the lease is not confirmed.
 async fn wait_durable(
     State(r): State<Arc<Registry>>,
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
@@ -181,7 +245,11 @@ async fn wait_durable(
         Some(Err(e)) => return (StatusCode::BAD_REQUEST, format!("timeout: {e}\n")),
     };
     match db.wait_durable(q.txid, timeout).await {
-        Ok(t) => (StatusCode::OK, format!("{t}\n")),
+        // Checked when the answer is given: that is the moment durability is declared.
+        Ok(t) => match db.may_declare_durable() {
+            Ok(()) => (StatusCode::OK, format!("{t}\n")),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}; durable txid is {t} but is not declared\n")),
+        },
         Err(t) => (StatusCode::GATEWAY_TIMEOUT, format!("not durable yet; durable txid is {t}\n")),
     }
 }

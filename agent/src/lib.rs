@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod health;
 pub mod layout;
 pub mod ltx;

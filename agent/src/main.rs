@@ -4,6 +4,9 @@ use tokio_util::sync::CancellationToken;
 fn main() -> std::process::ExitCode {
     let cli = agent::config::Cli::parse();
     agent::telemetry::init();
+    // rustls sees two crypto providers in this build (ring for gRPC, aws-lc-rs from the AWS
+    // SDK); name one or TLS to the controller panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

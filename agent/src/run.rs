@@ -13,10 +13,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use proto::model::{DatabaseName, Generation, InstanceId, Position, Txid};
+
 use crate::config::{DbConfig, ReplicateConfig};
+use crate::control::{
+    at_head, local_position, CommandStream, Control, ControlError, Lease, LeaseKeeper, LeaseKind, LeaseState, Mode,
+};
 use crate::health::{self, DbMetrics, Registry};
+use crate::layout;
 use crate::object_store::ObjectStore;
-use crate::replicate::{state, DbReplicator, ReplicateOptions, StaleDatabase};
+use crate::replicate::{new_instance_id, state, DbReplicator, ReplicateOptions, StaleDatabase};
 use crate::restore::{self, RestoreOptions, RestoreOutcome, Target};
 
 #[derive(Clone, Debug)]
@@ -29,20 +35,46 @@ pub struct RunConfig {
     pub stale_protection: bool,
 }
 
-struct Running {
-    name: String,
-    task: JoinHandle<Result<()>>,
+/// How the databases are started.
+#[derive(Clone, Debug)]
+pub struct StartOptions {
+    /// Move a local database that is not on the lineage aside and restore.
+    pub stale_protection: bool,
+    /// How long the final flush and seal may take.
+    pub shutdown_timeout: Duration,
+    pub mode: Mode,
+    /// Run mode: cancelled to stop the app, which a handoff does just like SIGTERM. Without
+    /// it (a sidecar) a handoff stops only the database's replication.
+    pub app_stop: Option<CancellationToken>,
+    /// How long the release at shutdown may take.
+    pub release_timeout: Duration,
 }
 
-/// Starts replication of every database (restoring first where needed) and returns once each
-/// is ready. Used by run mode and by `replicate` alike.
+/// The databases' tasks, and the controller's command stream (which ends with `stop`).
+pub struct Started {
+    pub tasks: Vec<(String, JoinHandle<Result<()>>)>,
+    pub commands: Option<JoinHandle<()>>,
+}
+
+/// Starts replication of every database (with a controller: after acquiring its lease;
+/// restoring first where needed) and returns once each is ready. Used by run mode and by
+/// `replicate` alike.
 pub async fn start_databases(
     cfg: &ReplicateConfig,
     registry: &Arc<Registry>,
     stop: &CancellationToken,
-    stale_protection: bool,
-    shutdown_timeout: Duration,
-) -> Result<Vec<(String, JoinHandle<Result<()>>)>> {
+    opts: &StartOptions,
+) -> Result<Started> {
+    // One instance ID per process start (fencing rule 2), shared by all its databases.
+    let instance = new_instance_id();
+    let control = match &cfg.control {
+        Some(c) => {
+            let id: InstanceId = instance.parse().context("make an instance id")?;
+            Some(Control::connect(c, id, opts.mode, registry.controller_errors.clone(), stop).await?)
+        }
+        None => None,
+    };
+    let commands = control.as_ref().map(|c| tokio::spawn(CommandStream { control: c.clone() }.run(stop.clone())));
     let mut out = Vec::new();
     for db in &cfg.databases {
         let store = Arc::new(
@@ -51,22 +83,168 @@ pub async fn start_databases(
         registry.add_store(store.requests());
         let metrics = DbMetrics::new(&db.name);
         registry.add_db(metrics.clone());
-        let r = start_one(db, cfg, store, metrics, stop, stale_protection, shutdown_timeout).await?;
-        out.push((r.name, r.task));
+        let task = match (&control, &db.database) {
+            (Some(control), Some(name)) => {
+                let leased = Leased { control: control.clone(), name: name.clone(), metrics: metrics.clone() };
+                leased.start(db, cfg, store, stop, opts, &instance).await?
+            }
+            _ => start_one(db, cfg, store, metrics, stop.child_token(), opts, &instance, None).await?,
+        };
+        out.push((db.name.clone(), task));
     }
     registry.started.store(true, Ordering::Relaxed);
-    Ok(out)
+    Ok(Started { tasks: out, commands })
 }
 
+/// One database under a lease (or in a fork of its own).
+struct Leased {
+    control: Arc<Control>,
+    name: DatabaseName,
+    metrics: Arc<DbMetrics>,
+}
+
+impl Leased {
+    /// Acquires, restores where the local database is not at the controller's head, starts
+    /// replication in the issued generation and returns the task that renews, replicates and
+    /// finally releases.
+    async fn start(
+        self,
+        db: &DbConfig,
+        cfg: &ReplicateConfig,
+        store: Arc<ObjectStore>,
+        stop: &CancellationToken,
+        opts: &StartOptions,
+        instance: &str,
+    ) -> Result<JoinHandle<Result<()>>> {
+        self.metrics.lease.set_state(LeaseState::Pending);
+        // The controller never issues a number below what the replica already holds.
+        let top = store.list("", Some("/")).await.with_context(|| format!("list replica {}", db.replica_url))?;
+        let min_generation = layout::generations(&top).last().map_or(Generation(1), |g| g.next());
+        let position = local_position(&db.path, &db.replica_url);
+        let lease = self.control.acquire(&self.name, position, min_generation, &db.replica_url, stop).await?;
+        let db_stop = stop.child_token();
+        match &lease.kind {
+            LeaseKind::Held { confirmed_until, .. } => {
+                self.metrics.lease.confirm(*confirmed_until);
+                let trigger = opts.app_stop.clone().unwrap_or_else(|| db_stop.clone());
+                self.control.handoffs.watch(&self.name, trigger);
+            }
+            LeaseKind::Forked { .. } => {
+                self.metrics.lease.set_state(LeaseState::Forked);
+            }
+        }
+        // Renewing starts now: a long restore must not let the lease run out.
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(
+            LeaseKeeper {
+                control: self.control.clone(),
+                database: self.name.clone(),
+                lease: lease.clone(),
+                metrics: self.metrics.clone(),
+            }
+            .run(keeper_stop.clone()),
+        );
+        let started = async {
+            if let Some(head) = lease.head.filter(|h| db.path.exists() && !at_head(position, *h)) {
+                self.set_aside_behind_head(db, head, position, opts.stale_protection)?;
+            }
+            start_one(db, cfg, store, self.metrics.clone(), db_stop, opts, instance, Some(lease.generation)).await
+        }
+        .await;
+        let task = match started {
+            Ok(t) => t,
+            Err(e) => {
+                keeper_stop.cancel();
+                let _ = keeper.await;
+                // Nothing was sealed; releasing lets the next instance in without waiting for
+                // the TTL.
+                self.release(&lease, None, opts.release_timeout).await;
+                return Err(e);
+            }
+        };
+        let mode = opts.mode;
+        let release_timeout = opts.release_timeout;
+        Ok(tokio::spawn(async move {
+            let res = match task.await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::Error::from(e).context("replication task")),
+            };
+            keeper_stop.cancel();
+            let _ = keeper.await;
+            // The replicator returns Ok only once the generation is sealed at its durable
+            // position; after a failed seal the controller must not move the head.
+            let sealed = res.is_ok().then(|| Position {
+                generation: lease.generation,
+                txid: Txid(self.metrics.durable_txid.load(Ordering::Relaxed)),
+            });
+            self.release(&lease, sealed, release_timeout).await;
+            res?;
+            match self.control.handoffs.requested(&self.name) {
+                // A sidecar cannot stop its app: exiting is how the platform learns of it.
+                Some(h) if mode == Mode::Replicate => Err(ControlError::HandedOver {
+                    project: self.control.project().clone(),
+                    database: self.name.clone(),
+                    newcomer: h.newcomer,
+                }
+                .into()),
+                _ => Ok(()),
+            }
+        }))
+    }
+
+    /// The local database is not where the controller says the lineage is: move it aside so
+    /// that the replica is restored, or refuse without stale protection.
+    fn set_aside_behind_head(
+        &self,
+        db: &DbConfig,
+        head: Position,
+        local: Option<Position>,
+        stale_protection: bool,
+    ) -> Result<()> {
+        let notes =
+            local.map_or_else(|| "none".to_string(), |p| format!("generation {} txid {}", p.generation.0, p.txid.0));
+        if !stale_protection {
+            bail!(
+                "database {} is not at the controller's head for {}/{} (generation {} txid {}; local notes: {notes}): \
+                 restore it from the replica, move it aside, or drop --no-stale-protection to let the agent do that",
+                db.path.display(),
+                self.control.project(),
+                self.name,
+                head.generation.0,
+                head.txid.0
+            );
+        }
+        let aside = move_aside(&db.path)?;
+        warn!(db = %db.name, moved_to = %aside.display(), head_generation = head.generation.0, head_txid = head.txid.0,
+            local = %notes, "database is not at the controller's head; moved it aside and restoring the replica");
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease, sealed: Option<Position>, timeout: Duration) {
+        let report = crate::control::report(&self.metrics);
+        match self.control.release(&self.name, lease.generation, sealed, report, timeout).await {
+            Ok(released) => {
+                self.metrics.lease.set_state(LeaseState::Released);
+                info!(db = %self.name, generation = lease.generation.0, sealed_txid = sealed.map(|p| p.txid.0),
+                    released, "lease released");
+            }
+            Err(status) => warn!(db = %self.name, generation = lease.generation.0, error = %status.message(),
+                "release failed; the lease runs out after its ttl"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn start_one(
     db: &DbConfig,
     cfg: &ReplicateConfig,
     store: Arc<ObjectStore>,
     metrics: Arc<DbMetrics>,
-    stop: &CancellationToken,
-    stale_protection: bool,
-    shutdown_timeout: Duration,
-) -> Result<Running> {
+    db_stop: CancellationToken,
+    opts: &StartOptions,
+    instance: &str,
+    generation: Option<Generation>,
+) -> Result<JoinHandle<Result<()>>> {
     for attempt in 0..2 {
         if !db.path.exists() {
             restore_latest(db, store.clone()).await?;
@@ -77,19 +255,22 @@ async fn start_one(
             store: store.clone(),
             opts: ReplicateOptions {
                 sync_interval: cfg.sync_interval,
+                snapshot_interval: cfg.snapshot_interval,
                 platform: crate::config::platform_identity(),
-                shutdown_timeout,
+                shutdown_timeout: opts.shutdown_timeout,
                 spool_budget: cfg.spool_budget,
+                instance: instance.to_string(),
+                generation,
                 ..ReplicateOptions::default()
             },
             metrics: metrics.clone(),
         };
         info!(db = %db.name, path = %db.path.display(), replica = %db.replica_url, "replicating");
-        let mut task = tokio::spawn(rep.run(stop.child_token()));
+        let mut task = tokio::spawn(rep.run(db_stop.clone()));
         // Ready once the generation is claimed and the base is in place.
         loop {
             if metrics.ready.load(Ordering::Relaxed) {
-                return Ok(Running { name: db.name.clone(), task });
+                return Ok(task);
             }
             tokio::select! {
                 res = &mut task => {
@@ -98,7 +279,7 @@ async fn start_one(
                         Ok(Err(e)) => e,
                         Err(e) => return Err(e.into()),
                     };
-                    if attempt == 0 && stale_protection && err.downcast_ref::<StaleDatabase>().is_some() {
+                    if attempt == 0 && opts.stale_protection && err.downcast_ref::<StaleDatabase>().is_some() {
                         let aside = move_aside(&db.path)?;
                         warn!(db = %db.name, moved_to = %aside.display(), reason = %err,
                             "stale database moved aside; restoring the replica");
@@ -165,17 +346,31 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
     let Some((program, args)) = cfg.app.split_first() else { bail!("no app to run: give it after --") };
     let flush_budget = (cfg.grace / 3).min(Duration::from_secs(3));
     let app_budget = cfg.grace.saturating_sub(flush_budget);
+    // With a controller the release comes out of the flush budget, so the grace still holds.
+    let release_timeout = match cfg.replicate.control {
+        Some(_) => (flush_budget / 3).min(Duration::from_secs(1)),
+        None => Duration::ZERO,
+    };
     let registry = Arc::new(Registry::default());
     let stop = CancellationToken::new();
+    // SIGTERM, or a handoff the controller asks for: both stop the app the same way.
+    let app_stop = cancel.child_token();
+    let opts = StartOptions {
+        stale_protection: cfg.stale_protection,
+        shutdown_timeout: flush_budget - release_timeout,
+        mode: Mode::Run,
+        app_stop: Some(app_stop.clone()),
+        release_timeout,
+    };
     let http = tokio::spawn(health::serve(cfg.replicate.http_addr, registry.clone(), stop.clone()));
-    let tasks = tokio::select! {
-        r = start_databases(&cfg.replicate, &registry, &stop, cfg.stale_protection, flush_budget) => r,
+    let started = tokio::select! {
+        r = start_databases(&cfg.replicate, &registry, &stop, &opts) => r,
         _ = cancel.cancelled() => {
             stop.cancel();
             bail!("stopped before the app started");
         }
     };
-    let tasks = match tasks {
+    let started = match started {
         Ok(t) => t,
         Err(e) => {
             stop.cancel();
@@ -183,37 +378,16 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
             return Err(e);
         }
     };
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("start app {program:?}"))?;
-    let pid = child.id();
-    info!(app = %program, pid, "app started");
-    let status = tokio::select! {
-        s = child.wait() => s.context("wait for app")?,
-        _ = cancel.cancelled() => {
-            let at = Instant::now();
-            if let Some(pid) = pid {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-            }
-            match tokio::time::timeout(app_budget, child.wait()).await {
-                Ok(s) => s.context("wait for app")?,
-                Err(_) => {
-                    warn!(after = ?at.elapsed(), "app ignored SIGTERM; killing it");
-                    let _ = child.kill().await;
-                    child.wait().await.context("wait for app")?
-                }
-            }
-        }
+    let code = if app_stop.is_cancelled() {
+        info!("handoff requested before the app started; not starting it");
+        0
+    } else {
+        run_app(program, args, &app_stop, app_budget).await?
     };
-    let code =
-        status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
     info!(code, "app exited; shipping the final changes");
     stop.cancel();
     let mut failed = false;
-    for (name, t) in tasks {
+    for (name, t) in started.tasks {
         match t.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -226,9 +400,43 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
             }
         }
     }
+    if let Some(c) = started.commands {
+        let _ = c.await;
+    }
     let _ = http.await;
     if failed && code == 0 {
         return Ok(1);
     }
     Ok(code)
+}
+
+/// Starts the app and waits for it; `app_stop` sends it SIGTERM, and it is killed if it is
+/// still running `budget` later. Returns its exit code (128 + signal when killed by one).
+async fn run_app(program: &str, args: &[String], app_stop: &CancellationToken, budget: Duration) -> Result<i32> {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start app {program:?}"))?;
+    let pid = child.id();
+    info!(app = %program, pid, "app started");
+    let status = tokio::select! {
+        s = child.wait() => s.context("wait for app")?,
+        _ = app_stop.cancelled() => {
+            let at = Instant::now();
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+            match tokio::time::timeout(budget, child.wait()).await {
+                Ok(s) => s.context("wait for app")?,
+                Err(_) => {
+                    warn!(after = ?at.elapsed(), "app ignored SIGTERM; killing it");
+                    let _ = child.kill().await;
+                    child.wait().await.context("wait for app")?
+                }
+            }
+        }
+    };
+    Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
 }

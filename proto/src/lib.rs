@@ -1,5 +1,11 @@
-//! The wire contract between walfleet's agent and controller, and the validated domain types
-//! both sides share. The gRPC services arrive with the controller; the domain types live here
-//! now so that the agent and the controller name the same things the same way.
+//! The wire contract between walfleet's agent and controller (`walfleet/v1/*.proto`, generated
+//! at build time) and the validated domain types both sides share. Receivers convert prost
+//! messages into `model` types once, at the edge.
 
 pub mod model;
+
+/// Generated code for package `walfleet.v1`.
+#[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("walfleet.v1");
+}

@@ -2,6 +2,8 @@
 //! Run them with `scripts/test.sh` (installs tools, builds the binaries, runs nextest).
 
 mod errors;
+mod fencing;
+mod fleet;
 mod harness;
 mod interop;
 mod large;

@@ -276,3 +276,72 @@ fn behind_the_agents_back() -> Result<()> {
     assert_eq!(content_hash(&second)?, want, "restore after the agent restarted on a truncated WAL");
     Ok(())
 }
+
+/// Periodic level-9 snapshots: one appears while the app writes in bursts; the latest restore
+/// equals the source whether it starts from the snapshot or (snapshot removed) from the
+/// incremental history, so the snapshot holds exactly the database at its transaction; and a
+/// restarted agent's new generation gets its base from the snapshot.
+#[test]
+fn periodic_snapshots_restore_the_same_database_as_the_history() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let url = s3.url("snap/app");
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("app.db");
+    let mut env = s3.env();
+    env.push(("WALFLEET_SNAPSHOT_INTERVAL".into(), "1s".into()));
+    let mut agent = replicate(&db, &url, &env)?;
+    let snapshots =
+        |s3: &S3Server| -> Vec<String> { s3.keys("snap/app/").into_iter().filter(|k| k.contains("/0009/")).collect() };
+    // Bursts with pauses: a snapshot is taken only when everything captured is durable.
+    let start = std::time::Instant::now();
+    while snapshots(&s3).is_empty() {
+        assert!(start.elapsed() < T, "no snapshot after {T:?}: {:?}", s3.keys("snap/app/"));
+        assert!(App::writer(&db, &["--count", "20", "--rate", "0"])?.finish(T)?.success());
+        wait_shipped(&mut agent, SETTLE, T)?;
+    }
+    assert!(App::writer(&db, &["--count", "20", "--rate", "0"])?.finish(T)?.success());
+    wait_shipped(&mut agent, SETTLE, T)?;
+    agent.sigterm()?;
+    assert!(agent.wait(T)?.success(), "agent exit:\n{}", agent.stderr());
+    let source = content_hash(&db)?;
+
+    let with_snapshot = dir.path().join("with.db");
+    let log = restore_checked(&s3.env(), &url, &with_snapshot)?;
+    assert_eq!(content_hash(&with_snapshot)?, source, "restore starting from the snapshot");
+    // Within a few seconds nothing is compacted yet: one file for several transactions is the
+    // snapshot.
+    let files = log_field(&log, "restored", "files").context("files= in the restore log")?;
+    let txid = log_field(&log, "restored", "txid").context("txid= in the restore log")?;
+    let snap_max = snapshots(&s3).iter().filter_map(|k| tests::replica::parse_ltx_key(k)).map(|(_, _, max)| max).max();
+    assert!(
+        files
+            .parse::<u64>()
+            .ok()
+            .zip(u64::from_str_radix(&txid, 16).ok())
+            .zip(snap_max)
+            .is_some_and(|((f, t), m)| f <= 2 && f < t && m > 1),
+        "the restore did not start from the snapshot (files={files}, txid={txid}, snapshot up to {snap_max:?})"
+    );
+
+    // The next generation copies its base from the snapshot onwards.
+    let mut agent = replicate(&db, &url, &s3.env())?;
+    wait_shipped(&mut agent, SETTLE, T)?;
+    agent.sigterm()?;
+    assert!(agent.wait(T)?.success(), "agent exit:\n{}", agent.stderr());
+    let gens = tests::replica::generations(&s3.keys("snap/app/"), "snap/app/");
+    let newest = gens.last().context("generations")?;
+    assert!(
+        snapshots(&s3).iter().any(|k| k.starts_with(&format!("snap/app/{newest}/"))),
+        "the second generation's base has no snapshot: {:?}",
+        s3.keys(&format!("snap/app/{newest}/"))
+    );
+
+    // Without any snapshot the incremental history alone gives the same database.
+    for k in snapshots(&s3) {
+        std::fs::remove_file(s3.object_path(&k))?;
+    }
+    let without = dir.path().join("without.db");
+    restore_checked(&s3.env(), &format!("{url}/{}", gens[0]), &without)?;
+    assert_eq!(content_hash(&without)?, source, "restore from the incremental history only");
+    Ok(())
+}

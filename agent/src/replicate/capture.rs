@@ -37,6 +37,13 @@ use crate::wal::{self, WalCursor, WalHeader};
 /// Most WAL bytes turned into one LTX file; larger backlogs take several.
 pub const MAX_CAPTURE_BYTES: u64 = 64 << 20;
 
+/// One reading of the log: the file, its committed range and the database size it gives.
+struct LogState {
+    wal: Option<(File, WalHeader)>,
+    range: Option<wal::CommittedRange>,
+    commit: u32,
+}
+
 /// One captured transaction, staged on local disk until uploaded.
 #[derive(Clone, Debug)]
 pub struct Captured {
@@ -150,8 +157,14 @@ impl Capture {
     /// Reads the whole current state (database file overlaid with every committed WAL frame)
     /// into the page checksums, and puts the cursor at the end of the log. Calls `page` for
     /// every page in order when given (to write a full LTX file).
-    fn scan_into(&mut self, mut page: Option<&mut PageSink<'_>>) -> Result<Scan> {
-        let db = &self.db_file;
+    fn scan_into(&mut self, page: Option<&mut PageSink<'_>>) -> Result<Scan> {
+        let state = self.committed_state()?;
+        self.scan_state(state, page)
+    }
+
+    /// The log and its committed range as of now. Frames already committed never change while
+    /// the pin holds the log, so one reading of it describes one consistent database.
+    fn committed_state(&self) -> Result<LogState> {
         let wal = self.wal()?;
         let range = match &wal {
             Some((f, h)) if h.page_size == self.page_size => {
@@ -161,8 +174,14 @@ impl Capture {
         };
         let commit = match &range {
             Some(r) if !r.is_empty() => r.commit,
-            _ => db_header_page_count(db, self.page_size)?,
+            _ => db_header_page_count(&self.db_file, self.page_size)?,
         };
+        Ok(LogState { wal, range, commit })
+    }
+
+    fn scan_state(&mut self, state: LogState, mut page: Option<&mut PageSink<'_>>) -> Result<Scan> {
+        let LogState { wal, range, commit } = state;
+        let db = &self.db_file;
         let mut sums = PageSums::new(self.page_size);
         let mut buf = vec![0u8; self.page_size as usize];
         let empty = BTreeMap::new();
@@ -202,31 +221,44 @@ impl Capture {
 
     /// Writes the whole database as transaction `txid` (a snapshot when `txid` is 1).
     pub fn capture_full(&mut self, txid: Txid) -> Result<Captured> {
-        let path = self.staging.join(format!("{txid}.ltx.tmp"));
+        let state = self.committed_state()?;
+        let c = self.write_full(state, txid, txid)?;
+        self.txid = txid;
+        self.since_checkpoint = 0;
+        Ok(c)
+    }
+
+    /// A level-9 snapshot: the whole database as of `txid` (transactions 1 through `txid`),
+    /// which must be the newest captured transaction. None when commits arrived that are not
+    /// captured yet: the database is past `txid`, so the snapshot waits for a quieter moment.
+    pub fn snapshot(&mut self, txid: Txid) -> Result<Option<Captured>> {
+        let state = self.committed_state()?;
+        let end = match (&state.range, &state.wal) {
+            (Some(r), Some((_, h))) => Some(r.end.unwrap_or_else(|| WalCursor::start(h))),
+            _ => None,
+        };
+        if end != self.cursor || txid != self.txid {
+            return Ok(None);
+        }
+        self.write_full(state, Txid(1), txid).map(Some)
+    }
+
+    /// Writes every page of the database as `state` describes it into one LTX file spanning
+    /// `min..=max`.
+    fn write_full(&mut self, state: LogState, min: Txid, max: Txid) -> Result<Captured> {
+        let txid = max;
+        let path = self.staging.join(format!("{min}-{max}.ltx.tmp"));
         let file = File::create(&path).with_context(|| format!("create {}", path.display()))?;
         let ts = now_ms();
-        // The commit size is only known after the scan, so the file is written with a
-        // provisional header and rewritten once the size is known.
-        let commit_guess = {
-            let db = &self.db_file;
-            let wal_commit = match self.wal()? {
-                Some((f, h)) if h.page_size == self.page_size => {
-                    let r = wal::read_committed(&f, &h, WalCursor::start(&h), u64::MAX)?;
-                    (!r.is_empty()).then_some(r.commit)
-                }
-                _ => None,
-            };
-            match wal_commit {
-                Some(c) => c,
-                None => db_header_page_count(db, self.page_size)?,
-            }
-        };
+        // One reading of the log fixes the database this file holds: its size goes into the
+        // header before any page is written, and commits that land meanwhile are the next
+        // transaction's.
         let header = Header {
             flags: ltx::HEADER_FLAG_NO_CHECKSUM,
             page_size: self.page_size,
-            commit: commit_guess.max(1),
-            min_txid: txid.0,
-            max_txid: txid.0,
+            commit: state.commit.max(1),
+            min_txid: min.0,
+            max_txid: max.0,
             timestamp_ms: ts,
             pre_apply_checksum: 0,
             ..Header::default()
@@ -240,7 +272,7 @@ impl Capture {
                 }
                 enc.encode_page(pgno, data).map_err(anyhow::Error::from)
             };
-            match self.scan_into(Some(&mut write)) {
+            match self.scan_state(state, Some(&mut write)) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     err = Some(e);
@@ -260,10 +292,8 @@ impl Capture {
         let file = w.into_inner().map_err(|e| e.into_error()).context("flush ltx file")?;
         file.sync_all()?;
         let size = file.metadata()?.len();
-        let final_path = self.staging.join(format!("{txid}.ltx"));
+        let final_path = self.staging.join(format!("{min}-{max}.ltx"));
         std::fs::rename(&path, &final_path)?;
-        self.txid = txid;
-        self.since_checkpoint = 0;
         Ok(Captured {
             txid,
             path: final_path,

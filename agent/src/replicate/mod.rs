@@ -28,6 +28,8 @@ use capture::{Capture, Captured, Outcome};
 #[derive(Clone, Debug)]
 pub struct ReplicateOptions {
     pub sync_interval: Duration,
+    /// How often a level-9 snapshot of the whole database is written (zero: never).
+    pub snapshot_interval: Duration,
     /// Checkpoint once this many WAL bytes were captured since the last one.
     pub checkpoint_bytes: u64,
     /// ... or this long after the last one, if anything was captured.
@@ -40,18 +42,23 @@ pub struct ReplicateOptions {
     pub instance: String,
     /// The platform's name for this instance (Cloud Run revision, Fly machine, host name).
     pub platform: Option<String>,
+    /// The generation to write, issued by the controller; without one the next number after
+    /// the highest under the root is taken.
+    pub generation: Option<Generation>,
 }
 
 impl Default for ReplicateOptions {
     fn default() -> Self {
         ReplicateOptions {
             sync_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(24 * 3600),
             checkpoint_bytes: 4 << 20,
             checkpoint_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(8),
             spool_budget: 1 << 30,
             instance: new_instance_id(),
             platform: None,
+            generation: None,
         }
     }
 }
@@ -130,6 +137,7 @@ impl DbReplicator {
         let mut last_upload: Option<Instant> = None;
         let mut last_checkpoint = Instant::now();
         let mut last_compaction = [Instant::now(); COMPACTION_LEVELS.len()];
+        let mut last_snapshot = Instant::now();
         let mut last_wal_stat = wal_stat(&self.db_path);
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -191,6 +199,15 @@ impl DbReplicator {
                     if let Err(e) = self.compact(&mut session, *level).await {
                         warn!(error = %format!("{e:#}"), level, "compaction failed; will retry");
                     }
+                }
+            }
+            let snapshot_due =
+                !self.opts.snapshot_interval.is_zero() && last_snapshot.elapsed() >= self.opts.snapshot_interval;
+            if snapshot_due && session.spool.is_empty() && session.durable > Txid::ZERO {
+                match self.snapshot(&cap, &session).await {
+                    Ok(true) => last_snapshot = Instant::now(),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %format!("{e:#}"), "snapshot failed; will retry"),
                 }
             }
             let due = since >= self.opts.checkpoint_bytes
@@ -327,9 +344,11 @@ impl DbReplicator {
             }
             self.metrics.upload_blocked.store(false, Ordering::Relaxed);
             self.metrics.uploads.fetch_add(1, Ordering::Relaxed);
+            self.metrics.last_upload_ms.store(capture::now_ms(), Ordering::Relaxed);
             session.spool.pop_front();
             session.durable = c.txid;
             session.durable_checksum = c.post_checksum;
+            self.metrics.durable_checksum.store(c.post_checksum, Ordering::Relaxed);
             self.metrics.durable_txid.store(c.txid.0, Ordering::Relaxed);
             self.keep_for_compaction(session, 0, c.txid, c.txid, &c.path);
             match session.spool.front() {
@@ -357,6 +376,35 @@ impl DbReplicator {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+
+    /// Writes the whole database as of the durable transaction as a level-9 snapshot, so a
+    /// restore (and the next generation's base) starts from one file instead of the whole
+    /// history. False when commits arrived that are not durable yet: it waits for a quieter
+    /// wake-up.
+    async fn snapshot(&self, cap: &Shared, session: &Session) -> Result<bool> {
+        let durable = session.durable;
+        let Some(c) = blocking(cap, move |c| c.snapshot(durable)).await? else { return Ok(false) };
+        let key = layout::ltx_key(
+            &self.store.backend(),
+            &layout::generation_prefix(session.generation),
+            layout::SNAPSHOT_LEVEL,
+            Txid(1),
+            durable,
+        );
+        let opts = PutOptions {
+            condition: if session.conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
+            timestamp: Utc.timestamp_millis_opt(c.timestamp_ms).single(),
+        };
+        let put = self.store.put_file(&key, &c.path, &opts).await;
+        let _ = std::fs::remove_file(&c.path);
+        match put {
+            Ok(_) | Err(ObjectStoreError::PreconditionFailed { .. }) => {}
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("upload {key}"))),
+        }
+        self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        info!(db = %self.metrics.name, txid = %durable, bytes = c.size, "wrote snapshot");
+        Ok(true)
     }
 
     /// Folds the local files of `level - 1` into one file at `level` and uploads it.
@@ -432,7 +480,16 @@ impl DbReplicator {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         };
-        let generation = gens.last().map(|g| g.next()).unwrap_or(Generation(1));
+        let generation = match (self.opts.generation, gens.last()) {
+            (None, last) => last.map(|g| g.next()).unwrap_or(Generation(1)),
+            // Never write into a generation that exists: its keys belong to another writer.
+            (Some(g), Some(last)) if g <= *last => bail!(
+                "the controller issued generation {g} for {} but the replica already has generation {last}: \
+                 another writer created it after the lease was granted; restart to acquire a newer one",
+                self.replica_url
+            ),
+            (Some(g), _) => g,
+        };
         let local = state::load(&self.db_path);
         // (parent, whether the local database is exactly at the parent's position)
         let (parent, exact): (Option<Parent>, bool) = match &latest {
@@ -540,6 +597,7 @@ impl DbReplicator {
                 )?;
                 session.durable = txid;
                 session.durable_checksum = if exact { scan.checksum } else { 0 };
+                self.metrics.durable_checksum.store(session.durable_checksum, Ordering::Relaxed);
                 self.metrics.durable_txid.store(txid.0, Ordering::Relaxed);
                 self.metrics.local_txid.store(txid.0, Ordering::Relaxed);
                 let c = blocking(cap, move |c| {

@@ -1,0 +1,507 @@
+//! Leases, generations and duplicate instances: the fencing rules applied on top of the store's
+//! compare-and-swap statements.
+//!
+//! 1. Generations are issued only here, by `Store::acquire`/`issue_generation`, persisted before
+//!    they are returned.
+//! 2. Every acquire gets a new generation; instance IDs are the agent's, one per process start.
+//! 3. (object keys carry the generation: the agent's side.)
+//! 4. `validate` answers whether an instance still holds the current generation.
+//! 5. Expiry is judged by this process's clock (`Clock`); agents renew at TTL/3.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::model::{DatabaseName, Generation, InstanceId, Policy, Position, ProjectName};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::store::{
+    Acquired, DatabaseRow, GenerationRow, InstanceInfo, Millis, NewEvent, Renewed, Report, ReportUpdate, Store,
+    StoreError,
+};
+
+/// How often buffered reports are written, and how many go into one write.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const REPORT_CHUNK: usize = 64;
+
+/// The controller's clock (fencing rule 5).
+pub fn now_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("instance {0} is not registered: call Register first")]
+    NotRegistered(InstanceId),
+    #[error("instance {instance} belongs to project {owner}, not {project}")]
+    WrongProject { instance: InstanceId, owner: ProjectName, project: ProjectName },
+    #[error("database {project}/{database} does not exist")]
+    NoDatabase { project: ProjectName, database: DatabaseName },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A command for one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Handoff { database: DatabaseName, newcomer: InstanceId, newcomer_host: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    Granted { generation: Generation, head: Option<Position>, policy: Policy },
+    Pending { reason: &'static str, holder: Option<InstanceId>, retry_after_ms: u64, policy: Policy },
+    Forked { generation: Generation, holder: InstanceId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenewOutcome {
+    Renewed { commands: Vec<Command> },
+    Fenced { current: Generation, holder: Option<InstanceId> },
+}
+
+pub struct Leases {
+    store: Arc<dyn Store>,
+    pub ttl_ms: i64,
+    hub: Mutex<HashMap<InstanceId, broadcast::Sender<Command>>>,
+    reports: Mutex<HashMap<(InstanceId, DatabaseName), ReportUpdate>>,
+    /// Heads to move forward with the next flush: (project, database, holder) → position.
+    heads: Mutex<HashMap<(ProjectName, DatabaseName, InstanceId), Position>>,
+}
+
+impl Leases {
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Arc<Leases> {
+        Arc::new(Leases {
+            store,
+            ttl_ms: ttl.as_millis() as i64,
+            hub: Mutex::default(),
+            reports: Mutex::default(),
+            heads: Mutex::default(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn renew_interval_ms(&self) -> u64 {
+        (self.ttl_ms / 3).max(1) as u64
+    }
+
+    pub async fn register(&self, info: &InstanceInfo) -> Result<(), LeaseError> {
+        self.store.register_instance(info, now_ms()).await?;
+        info!(instance = %info.id, project = %info.project, host = %info.host, platform = %info.platform,
+            mode = %info.mode, "instance registered");
+        Ok(())
+    }
+
+    async fn instance(&self, project: &ProjectName, id: &InstanceId) -> Result<InstanceInfo, LeaseError> {
+        let row = self.store.get_instance(id).await?.ok_or_else(|| LeaseError::NotRegistered(id.clone()))?;
+        if &row.info.project != project {
+            return Err(LeaseError::WrongProject {
+                instance: id.clone(),
+                owner: row.info.project,
+                project: project.clone(),
+            });
+        }
+        Ok(row.info)
+    }
+
+    pub async fn acquire(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+        id: &InstanceId,
+        min_generation: Generation,
+    ) -> Result<AcquireOutcome, LeaseError> {
+        let me = self.instance(project, id).await?;
+        // A sidecar cannot stop its app, so handing over is not its default.
+        let default_policy = if me.mode == "run" { Policy::Handoff } else { Policy::Alert };
+        let now = now_ms();
+        let before = self.store.ensure_database(project, database, default_policy, now).await?;
+        let min_generation = min_generation.max(Generation(1));
+        match self.store.acquire(project, database, id, min_generation, now, self.ttl_ms).await? {
+            Acquired::Granted { generation, db, .. } => {
+                self.store
+                    .insert_generation(&GenerationRow {
+                        project: project.clone(),
+                        database: database.clone(),
+                        generation,
+                        instance: id.clone(),
+                        host: me.host.clone(),
+                        parent: before.head,
+                        created_at: now,
+                        sealed_txid: None,
+                        sealed_at: None,
+                        leased: true,
+                    })
+                    .await?;
+                if let Some(old) = before.holder.as_ref().filter(|h| *h != id) {
+                    self.event(
+                        project,
+                        database,
+                        "lease_expired",
+                        Some(old),
+                        Some(id),
+                        format!(
+                            "lease of instance {old} (generation {}) expired without release; granted to instance {id} ({})",
+                            before.holder_generation.0,
+                            describe(&me)
+                        ),
+                    )
+                    .await;
+                }
+                self.store.record_report(id, database, "holder", None, now).await?;
+                info!(%project, %database, instance = %id, generation = generation.0, "lease granted");
+                Ok(AcquireOutcome::Granted { generation, head: db.head.or(before.head), policy: db.policy })
+            }
+            Acquired::Held { db } => self.held(project, database, &me, &db, min_generation, now).await,
+        }
+    }
+
+    /// A live holder exists: a duplicate instance. Record it and apply the database's policy.
+    async fn held(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+        me: &InstanceInfo,
+        db: &DatabaseRow,
+        min_generation: Generation,
+        now: Millis,
+    ) -> Result<AcquireOutcome, LeaseError> {
+        let Some(holder) = db.holder.clone() else {
+            // Freed between the two statements: the agent asks again at once.
+            return Ok(AcquireOutcome::Pending { reason: "wait", holder: None, retry_after_ms: 0, policy: db.policy });
+        };
+        let holder_info = self.store.get_instance(&holder).await?.map(|r| r.info);
+        let holder_desc = holder_info.as_ref().map(describe).unwrap_or_else(|| "unknown host".into());
+        let already_seen = self
+            .store
+            .get_instance(&me.id)
+            .await?
+            .is_some_and(|r| r.database.as_ref() == Some(database) && r.role == "pending");
+        if !already_seen {
+            self.event(
+                project,
+                database,
+                "duplicate_instance",
+                Some(&holder),
+                Some(&me.id),
+                format!(
+                    "second live instance of {project}/{database}: holder {holder} ({holder_desc}, generation {}) and \
+                     newcomer {} ({}); policy {}",
+                    db.holder_generation.0,
+                    me.id,
+                    describe(me),
+                    db.policy
+                ),
+            )
+            .await;
+            warn!(%project, %database, %holder, newcomer = %me.id, policy = %db.policy, "duplicate instance");
+        }
+        match db.policy {
+            Policy::Handoff => {
+                if db.handoff_to.as_ref() != Some(&me.id)
+                    && self.store.request_handoff(project, database, &holder, db.holder_generation, &me.id).await?
+                {
+                    self.event(
+                        project,
+                        database,
+                        "handoff_requested",
+                        Some(&holder),
+                        Some(&me.id),
+                        format!(
+                            "asked instance {holder} to seal generation {} and hand over to {}",
+                            db.holder_generation.0, me.id
+                        ),
+                    )
+                    .await;
+                    self.send(
+                        &holder,
+                        Command::Handoff {
+                            database: database.clone(),
+                            newcomer: me.id.clone(),
+                            newcomer_host: me.host.clone(),
+                        },
+                    );
+                }
+                self.store.record_report(&me.id, database, "pending", None, now).await?;
+                Ok(AcquireOutcome::Pending {
+                    reason: "handoff",
+                    holder: Some(holder),
+                    retry_after_ms: 200,
+                    policy: db.policy,
+                })
+            }
+            Policy::Wait => {
+                self.store.record_report(&me.id, database, "pending", None, now).await?;
+                let left = (db.expires_at - now).clamp(50, 1000) as u64;
+                Ok(AcquireOutcome::Pending {
+                    reason: "wait",
+                    holder: Some(holder),
+                    retry_after_ms: left,
+                    policy: db.policy,
+                })
+            }
+            Policy::Alert => {
+                let generation = self.store.issue_generation(project, database, min_generation).await?;
+                self.store
+                    .insert_generation(&GenerationRow {
+                        project: project.clone(),
+                        database: database.clone(),
+                        generation,
+                        instance: me.id.clone(),
+                        host: me.host.clone(),
+                        parent: db.head,
+                        created_at: now,
+                        sealed_txid: None,
+                        sealed_at: None,
+                        leased: false,
+                    })
+                    .await?;
+                self.event(
+                    project,
+                    database,
+                    "forked",
+                    Some(&me.id),
+                    Some(&holder),
+                    format!(
+                        "instance {} runs in generation {} beside holder {holder} (generation {}): the fork is kept, \
+                         never merged",
+                        me.id, generation.0, db.holder_generation.0
+                    ),
+                )
+                .await;
+                self.store.record_report(&me.id, database, "forked", None, now).await?;
+                Ok(AcquireOutcome::Forked { generation, holder })
+            }
+        }
+    }
+
+    pub async fn renew(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+        id: &InstanceId,
+        generation: Generation,
+        report: Option<Report>,
+    ) -> Result<RenewOutcome, LeaseError> {
+        let now = now_ms();
+        match self.store.renew(project, database, id, generation, now, self.ttl_ms).await? {
+            Renewed::Renewed { handoff_to, .. } => {
+                if let Some(r) = &report {
+                    if r.durable_txid.0 > 0 {
+                        let pos = Position { generation, txid: r.durable_txid };
+                        self.lock_heads().insert((project.clone(), database.clone(), id.clone()), pos);
+                    }
+                }
+                self.buffer_report(id, database, "holder", report, now);
+                let mut commands = Vec::new();
+                if let Some(newcomer) = handoff_to {
+                    let host = self.store.get_instance(&newcomer).await?.map(|r| r.info.host).unwrap_or_default();
+                    commands.push(Command::Handoff { database: database.clone(), newcomer, newcomer_host: host });
+                }
+                Ok(RenewOutcome::Renewed { commands })
+            }
+            Renewed::Fenced { db } => {
+                let row = self.store.get_instance(id).await?;
+                let role = row.as_ref().map(|r| r.role.as_str()).unwrap_or("");
+                if role != "forked" && role != "fenced" {
+                    self.event(
+                        project,
+                        database,
+                        "fenced",
+                        Some(id),
+                        db.holder.as_ref(),
+                        format!(
+                            "instance {id} renewed generation {} but the lease is {}: it may keep writing only its own \
+                             generation",
+                            generation.0,
+                            match &db.holder {
+                                Some(h) => format!("held by {h} (generation {})", db.holder_generation.0),
+                                None => "free".into(),
+                            }
+                        ),
+                    )
+                    .await;
+                }
+                let role = if role == "forked" { "forked" } else { "fenced" };
+                self.buffer_report(id, database, role, report, now);
+                Ok(RenewOutcome::Fenced { current: db.last_generation, holder: db.holder })
+            }
+        }
+    }
+
+    pub async fn release(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+        id: &InstanceId,
+        generation: Generation,
+        sealed: Option<Position>,
+        report: Option<Report>,
+    ) -> Result<bool, LeaseError> {
+        let now = now_ms();
+        let before = self.store.get_database(project, database).await?;
+        // The report buffer may still hold an older head for this holder: drop it.
+        self.lock_heads().remove(&(project.clone(), database.clone(), id.clone()));
+        let released = self.store.release(project, database, id, generation, sealed).await?;
+        if let Some(p) = sealed.filter(|p| p.generation == generation) {
+            match self.store.seal_generation(project, database, generation, p.txid, now).await {
+                // A controller that crashed between granting and recording the generation
+                // left no row to seal; the lease itself was released.
+                Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.buffer_report(id, database, "released", report, now);
+        if released {
+            let newcomer = before.and_then(|b| b.handoff_to);
+            let (kind, msg) = match (&newcomer, sealed) {
+                (Some(n), Some(p)) => (
+                    "handoff_completed",
+                    format!(
+                        "instance {id} sealed generation {} at transaction {} and handed over to {n}",
+                        generation.0, p.txid.0
+                    ),
+                ),
+                (_, Some(p)) => (
+                    "released",
+                    format!(
+                        "instance {id} sealed generation {} at transaction {} and released",
+                        generation.0, p.txid.0
+                    ),
+                ),
+                (_, None) => ("released", format!("instance {id} released generation {} unsealed", generation.0)),
+            };
+            self.event(project, database, kind, Some(id), newcomer.as_ref(), msg).await;
+            info!(%project, %database, instance = %id, generation = generation.0, "lease released");
+        }
+        Ok(released)
+    }
+
+    /// Fencing rule 4: is `generation` the current, live lease of `id`?
+    pub async fn validate(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+        id: &InstanceId,
+        generation: Generation,
+    ) -> Result<(bool, Generation), LeaseError> {
+        let db = self
+            .store
+            .get_database(project, database)
+            .await?
+            .ok_or_else(|| LeaseError::NoDatabase { project: project.clone(), database: database.clone() })?;
+        let current = db.holder.as_ref() == Some(id) && db.holder_generation == generation && db.expires_at > now_ms();
+        Ok((current, db.holder_generation))
+    }
+
+    /// Commands for `id` from now on, plus any handoff already requested of it.
+    pub async fn subscribe(
+        &self,
+        project: &ProjectName,
+        id: &InstanceId,
+    ) -> Result<(Vec<Command>, broadcast::Receiver<Command>), LeaseError> {
+        self.instance(project, id).await?;
+        let rx = {
+            let mut hub = self.hub.lock().unwrap_or_else(|e| e.into_inner());
+            hub.retain(|_, tx| tx.receiver_count() > 0);
+            hub.entry(id.clone()).or_insert_with(|| broadcast::channel(16).0).subscribe()
+        };
+        let mut pending = Vec::new();
+        for db in self.store.list_databases(Some(project)).await? {
+            if db.holder.as_ref() == Some(id) {
+                if let Some(newcomer) = db.handoff_to {
+                    let host = self.store.get_instance(&newcomer).await?.map(|r| r.info.host).unwrap_or_default();
+                    pending.push(Command::Handoff { database: db.name, newcomer, newcomer_host: host });
+                }
+            }
+        }
+        Ok((pending, rx))
+    }
+
+    fn send(&self, id: &InstanceId, cmd: Command) {
+        if let Some(tx) = self.hub.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            let _ = tx.send(cmd);
+        }
+    }
+
+    async fn event(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+        kind: &str,
+        instance: Option<&InstanceId>,
+        other: Option<&InstanceId>,
+        message: String,
+    ) {
+        let e = NewEvent {
+            at: now_ms(),
+            project: project.clone(),
+            database: Some(database.clone()),
+            kind: kind.to_string(),
+            instance: instance.cloned(),
+            other_instance: other.cloned(),
+            message,
+        };
+        if let Err(err) = self.store.insert_event(&e).await {
+            warn!(error = %err, kind, "record event failed");
+        }
+    }
+
+    fn buffer_report(&self, id: &InstanceId, database: &DatabaseName, role: &str, report: Option<Report>, at: Millis) {
+        let update =
+            ReportUpdate { instance: id.clone(), database: database.clone(), role: role.to_string(), report, at };
+        self.reports.lock().unwrap_or_else(|e| e.into_inner()).insert((id.clone(), database.clone()), update);
+    }
+
+    fn lock_heads(&self) -> std::sync::MutexGuard<'_, HashMap<(ProjectName, DatabaseName, InstanceId), Position>> {
+        self.heads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes buffered reports and head positions: a heartbeat costs one durable write (the
+    /// lease); reports are written in small batches a few times a second, so no batch holds
+    /// the store's writer long enough to delay the renewals queued behind it.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let batch: Vec<ReportUpdate> =
+            self.reports.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, v)| v).collect();
+        for chunk in batch.chunks(REPORT_CHUNK) {
+            self.store.record_reports(chunk).await?;
+        }
+        let heads: Vec<_> = self.lock_heads().drain().collect();
+        for chunk in heads.chunks(REPORT_CHUNK) {
+            // Issued together, they share the store's group commits.
+            let writes = chunk.iter().map(|((p, d, id), pos)| self.store.advance_head(p, d, id, *pos));
+            for r in futures::future::join_all(writes).await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn run_flusher(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(FLUSH_EVERY) => {}
+            }
+            if let Err(e) = self.flush().await {
+                warn!(error = %e, "flush reports failed");
+            }
+        }
+        if let Err(e) = self.flush().await {
+            warn!(error = %e, "final flush of reports failed");
+        }
+    }
+}
+
+fn describe(i: &InstanceInfo) -> String {
+    if i.platform.is_empty() {
+        format!("host {}", i.host)
+    } else {
+        format!("host {}, {}", i.host, i.platform)
+    }
+}
