@@ -75,6 +75,10 @@ pub struct ControlArgs {
     /// instance holds (default 60s).
     #[arg(long, env = "WALFLEET_LEASE_WAIT", value_parser = parse_duration)]
     pub lease_wait: Option<Duration>,
+    /// How often the retention policy the controller holds for a database is applied (deletes
+    /// only after the controller confirms this instance's generation is current).
+    #[arg(long, env = "WALFLEET_RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub retention_interval: Duration,
 }
 
 /// A value that must never reach a log: `Debug` prints a placeholder.
@@ -196,6 +200,7 @@ pub struct ControlConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// How long start-up waits for the controller or for a held lease.
     pub lease_wait: Duration,
+    pub retention_interval: Duration,
 }
 
 pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(60);
@@ -394,7 +399,14 @@ fn resolve_control(args: &ControlArgs, dbs: &mut [DbConfig]) -> Result<Option<Co
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         bail!("two databases are named {:?}: each needs its own name for the controller", w[0]);
     }
-    Ok(Some(ControlConfig { url, token, project, ca_pem, lease_wait: args.lease_wait.unwrap_or(DEFAULT_LEASE_WAIT) }))
+    Ok(Some(ControlConfig {
+        url,
+        token,
+        project,
+        ca_pem,
+        lease_wait: args.lease_wait.unwrap_or(DEFAULT_LEASE_WAIT),
+        retention_interval: args.retention_interval,
+    }))
 }
 
 /// A validated restore request.

@@ -25,6 +25,9 @@ pub struct DbMetrics {
     pub durable_txid: AtomicU64,
     /// Database checksum at `durable_txid` (0: unknown).
     pub durable_checksum: AtomicU64,
+    /// (durable TXID, checksum at it) set together, so a report never pairs one TXID with
+    /// another's checksum (a drill compares them).
+    pub durable_pair: Mutex<(u64, u64)>,
     /// Wall-clock ms of the last successful upload (0: none yet).
     pub last_upload_ms: AtomicI64,
     /// Wall-clock ms of the oldest captured transaction not yet durable (0: none).
@@ -48,6 +51,19 @@ pub struct DbMetrics {
 impl DbMetrics {
     pub fn new(name: &str) -> Arc<DbMetrics> {
         Arc::new(DbMetrics { name: name.to_string(), ..Default::default() })
+    }
+
+    /// Records the durable position and the database checksum at it.
+    pub fn set_durable(&self, txid: u64, checksum: u64) {
+        let mut pair = self.durable_pair.lock().unwrap_or_else(|e| e.into_inner());
+        *pair = (txid, checksum);
+        self.durable_checksum.store(checksum, Ordering::Relaxed);
+        self.durable_txid.store(txid, Ordering::Relaxed);
+    }
+
+    /// The durable TXID and the checksum at it, read together.
+    pub fn durable(&self) -> (u64, u64) {
+        *self.durable_pair.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until everything committed before this call (or `txid`, when given) is durable.

@@ -18,6 +18,7 @@ use proto::model::{DatabaseName, Generation, InstanceId, Position, Txid};
 use crate::config::{DbConfig, ReplicateConfig};
 use crate::control::{
     at_head, local_position, CommandStream, Control, ControlError, Lease, LeaseKeeper, LeaseKind, LeaseState, Mode,
+    RetentionKeeper,
 };
 use crate::health::{self, DbMetrics, Registry};
 use crate::layout;
@@ -144,6 +145,15 @@ impl Leased {
             }
             .run(keeper_stop.clone()),
         );
+        let retention = tokio::spawn(
+            RetentionKeeper {
+                control: self.control.clone(),
+                database: self.name.clone(),
+                generation: lease.generation,
+                store: store.clone(),
+            }
+            .run(keeper_stop.clone()),
+        );
         let started = async {
             if let Some(head) = lease.head.filter(|h| db.path.exists() && !at_head(position, *h)) {
                 self.set_aside_behind_head(db, head, position, opts.stale_protection)?;
@@ -156,6 +166,7 @@ impl Leased {
             Err(e) => {
                 keeper_stop.cancel();
                 let _ = keeper.await;
+                let _ = retention.await;
                 // Nothing was sealed; releasing lets the next instance in without waiting for
                 // the TTL.
                 self.release(&lease, None, opts.release_timeout).await;
@@ -171,6 +182,7 @@ impl Leased {
             };
             keeper_stop.cancel();
             let _ = keeper.await;
+            let _ = retention.await;
             // The replicator returns Ok only once the generation is sealed at its durable
             // position; after a failed seal the controller must not move the head.
             let sealed = res.is_ok().then(|| Position {

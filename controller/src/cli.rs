@@ -96,6 +96,311 @@ fn print(json_out: bool, v: Value, headers: &[&str], rows: Vec<Vec<String>>) -> 
     Ok(())
 }
 
+fn drill_json(d: &v1::DrillResult) -> Value {
+    json!({"at_unix_ms": d.at_unix_ms, "ok": d.ok, "generation": d.generation, "txid": d.txid,
+        "duration_ms": d.duration_ms, "message": d.message, "expected_checksum": d.expected_checksum,
+        "restored_checksum": d.restored_checksum})
+}
+
+fn database_json(d: &v1::DatabaseInfo) -> Value {
+    json!({
+        "project": d.project, "name": d.name, "policy": d.policy, "status": d.status,
+        "status_reason": d.status_reason, "holder_instance_id": d.holder_instance_id,
+        "generation": d.generation, "generation_chain": d.generation_chain,
+        "lease_expires_at_unix_ms": d.lease_expires_at_unix_ms, "head": pos(&d.head),
+        "local_txid": d.local_txid, "durable_txid": d.durable_txid, "lag_seconds": d.lag_seconds,
+        "lag_bytes": d.lag_bytes, "last_upload_unix_ms": d.last_upload_unix_ms,
+        "last_report_unix_ms": d.last_report_unix_ms, "replica_url": d.replica_url,
+        "window": d.scan.as_ref().map(|s| json!({
+            "earliest": {"generation": s.earliest_generation, "txid": s.earliest_txid, "unix_ms": s.earliest_unix_ms},
+            "latest": {"generation": s.latest_generation, "txid": s.latest_txid, "unix_ms": s.latest_unix_ms},
+        })),
+        "objects": d.scan.as_ref().map(|s| s.objects), "bytes": d.scan.as_ref().map(|s| s.bytes),
+        "scan": d.scan.as_ref().map(|s| json!({"at_unix_ms": s.at_unix_ms, "drift": s.drift, "requests": s.requests, "error": s.error})),
+        "monthly_cost": {"storage": d.monthly_storage_cost, "requests": d.monthly_request_cost,
+            "total": d.monthly_storage_cost + d.monthly_request_cost},
+        "last_drill": d.last_drill.as_ref().map(drill_json),
+        "created_at_unix_ms": d.created_at_unix_ms,
+    })
+}
+
+/// Where `walfleet restore` puts the database.
+enum Into {
+    File(std::path::PathBuf),
+    Clone { target: String, replica: Option<String> },
+    Nowhere,
+}
+
+/// `walfleet restore`: the controller names the replica and audits; this machine restores.
+async fn restore(
+    t: &str,
+    to: Into,
+    txid: Option<u64>,
+    timestamp: Option<String>,
+    dry_run: bool,
+    c: &ClientArgs,
+) -> Result<i32> {
+    use agent::restore::{self, Target};
+    let (project, database) = target(t)?;
+    let point = match (txid, &timestamp) {
+        (Some(n), _) => Target::Txid(proto::model::Txid(n)),
+        (None, Some(ts)) => Target::Timestamp(
+            chrono::DateTime::parse_from_rfc3339(ts)
+                .with_context(|| format!("--timestamp {ts:?} is not an RFC 3339 time"))?
+                .with_timezone(&chrono::Utc),
+        ),
+        (None, None) => Target::Latest,
+    };
+    let point_text = match point {
+        Target::Latest => "the latest point".to_string(),
+        Target::Txid(n) => format!("transaction {}", n.0),
+        Target::Timestamp(ts) => format!("time {}", ts.to_rfc3339()),
+    };
+    let destination = match &to {
+        Into::File(p) => format!("file {}", p.display()),
+        Into::Clone { target: t2, .. } => format!("{} (clone, a new lineage)", t2),
+        Into::Nowhere => "nowhere (dry run)".to_string(),
+    };
+    if let Into::File(out) = &to {
+        if out.exists() {
+            bail!("output {} already exists; restore never overwrites a file", out.display());
+        }
+    }
+    let into = match &to {
+        Into::Clone { target: t2, .. } => Some(target(t2)?),
+        _ => None,
+    };
+    let mut cl = client(c).await?;
+    let begun = cl
+        .begin_restore(v1::BeginRestoreRequest {
+            project: project.clone(),
+            database: database.clone(),
+            point: point_text.clone(),
+            destination: destination.clone(),
+            dry_run,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let url = begun.replica_url;
+    let store = std::sync::Arc::new(
+        agent::object_store::ObjectStore::from_url(&url).await.with_context(|| format!("open replica {url}"))?,
+    );
+    if dry_run {
+        let chosen = restore::choose(&store, point).await?;
+        let bytes: u64 = chosen.plan.iter().map(|f| f.size).sum();
+        let plan = json!({
+            "database": t, "replica": url, "point": point_text, "destination": destination,
+            "generation": chosen.generation.map(|g| g.0), "txid": chosen.txid().0,
+            "files": chosen.plan.iter().map(|f| json!({"key": f.key, "level": f.level, "min_txid": f.min.0, "max_txid": f.max.0, "bytes": f.size})).collect::<Vec<_>>(),
+            "bytes": bytes,
+        });
+        if c.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!("would restore {t} at {point_text} from {url} to {destination}: generation {:?}, transaction {}, {} files, {bytes} bytes",
+                chosen.generation.map(|g| g.0), chosen.txid().0, chosen.plan.len());
+            for f in &chosen.plan {
+                println!("  {} (level {}, transactions {}..{}, {} bytes)", f.key, f.level, f.min.0, f.max.0, f.size);
+            }
+        }
+        return Ok(0);
+    }
+    let scratch = tempfile::tempdir().context("create scratch directory")?;
+    let out = match &to {
+        Into::File(p) => p.clone(),
+        _ => scratch.path().join("restored.db"),
+    };
+    let opts = restore::RestoreOptions {
+        output: out.clone(),
+        target: point,
+        if_db_not_exists: false,
+        if_replica_exists: false,
+        integrity_check: true,
+        replica_url: None,
+    };
+    let result = async {
+        let (applied, generation) = match restore::restore(store, &opts).await? {
+            restore::RestoreOutcome::Restored { applied, generation } => (applied, generation),
+            other => bail!("nothing restored: {other:?}"),
+        };
+        let mut message = format!(
+            "restored {point_text} to {destination}: generation {}, transaction {}, checksum {:016x}, {} files, {} bytes",
+            generation.map_or(0, |g| g.0),
+            applied.txid.0,
+            applied.checksum,
+            applied.files,
+            applied.bytes
+        );
+        if let (Some((p2, d2)), Into::Clone { replica, .. }) = (&into, &to) {
+            let g = clone_into(&mut cl, p2, d2, replica.clone(), &out, &format!("{t} at transaction {}", applied.txid.0)).await?;
+            message.push_str(&format!("; {p2}/{d2} generation {} holds it", g.0));
+        }
+        Ok(message)
+    }
+    .await;
+    let (ok, message) = match result {
+        Ok(m) => (true, m),
+        Err(e) => (false, format!("restore of {point_text} to {destination} failed: {e:#}")),
+    };
+    let audit = cl
+        .end_restore(v1::EndRestoreRequest {
+            project,
+            database,
+            restore_id: begun.restore_id,
+            ok,
+            message: message.clone(),
+        })
+        .await;
+    if let Err(e) = audit {
+        eprintln!("warning: the controller did not record the end of the restore: {}", e.message());
+    }
+    if !ok {
+        bail!("{message}");
+    }
+    if c.json {
+        println!("{}", json!({"database": t, "destination": destination, "ok": true, "message": message}));
+    } else {
+        println!("{message}");
+    }
+    Ok(0)
+}
+
+/// Writes the restored database at `db` as a new lineage of `p2/d2`.
+async fn clone_into(
+    cl: &mut Client,
+    p2: &str,
+    d2: &str,
+    replica: Option<String>,
+    db: &std::path::Path,
+    source: &str,
+) -> Result<proto::model::Generation> {
+    // The controller never issues a number below what the target's replica already holds.
+    let known = match &replica {
+        Some(u) => Some(u.clone()),
+        None => {
+            let r = cl
+                .get_retention(v1::GetRetentionRequest { project: p2.into(), database: d2.into() })
+                .await
+                .ok()
+                .map(|r| r.into_inner().replica_url);
+            r.filter(|u| !u.is_empty())
+        }
+    };
+    let min_generation = match &known {
+        Some(u) => {
+            let s = agent::object_store::ObjectStore::from_url(u).await.with_context(|| format!("open replica {u}"))?;
+            let top = s.list("", Some("/")).await.with_context(|| format!("list replica {u}"))?;
+            agent::layout::generations(&top).last().map_or(1, |g| g.0 + 1)
+        }
+        None => 1,
+    };
+    let begun = cl
+        .begin_clone(v1::BeginCloneRequest {
+            project: p2.into(),
+            database: d2.into(),
+            replica_url: replica.unwrap_or_default(),
+            min_generation,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let g = proto::model::Generation(begun.generation);
+    let store = agent::object_store::ObjectStore::from_url(&begun.replica_url)
+        .await
+        .with_context(|| format!("open replica {}", begun.replica_url))?;
+    let writer = agent::manifest::Writer {
+        instance: "clone".into(),
+        host: agent::replicate::hostname(),
+        pid: std::process::id(),
+        platform: None,
+    };
+    let seeded = agent::seed::seed(&store, g, db, writer).await?;
+    cl.end_clone(v1::EndCloneRequest {
+        project: p2.into(),
+        database: d2.into(),
+        generation: g.0,
+        txid: seeded.txid.0,
+        source: source.into(),
+    })
+    .await
+    .map_err(status)?;
+    Ok(g)
+}
+
+/// `walfleet retention`: set the policy, or plan it over the bucket's listing exactly as the
+/// agent will (the same planning code).
+async fn retention(
+    t: &str,
+    keep: Option<std::time::Duration>,
+    clear: bool,
+    dry_run: bool,
+    c: &ClientArgs,
+) -> Result<i32> {
+    let (project, database) = target(t)?;
+    let mut cl = client(c).await?;
+    if !dry_run && (keep.is_some() || clear) {
+        let keep_ms = keep.map_or(0, |k| k.as_millis() as u64);
+        cl.set_retention(v1::SetRetentionRequest { project, database, keep_ms }).await.map_err(status)?;
+        if c.json {
+            println!("{}", json!({"database": t, "keep_ms": keep_ms}));
+        } else if keep_ms == 0 {
+            println!("{t}: retention cleared; everything is kept");
+        } else {
+            println!("{t}: keeping {} of point-in-time restore", humantime::format_duration(keep.unwrap_or_default()));
+        }
+        return Ok(0);
+    }
+    let info = cl.get_retention(v1::GetRetentionRequest { project, database }).await.map_err(status)?.into_inner();
+    let keep_ms = keep.map_or(info.keep_ms, |k| k.as_millis() as u64);
+    if !dry_run {
+        if c.json {
+            println!("{}", json!({"database": t, "keep_ms": keep_ms}));
+        } else if keep_ms == 0 {
+            println!("{t}: no retention policy; everything is kept");
+        } else {
+            println!("{t}: keeping {}", humantime::format_duration(std::time::Duration::from_millis(keep_ms)));
+        }
+        return Ok(0);
+    }
+    if info.replica_url.is_empty() {
+        bail!("no replica URL recorded for {t}: no agent has reported one");
+    }
+    let plan = if keep_ms == 0 {
+        agent::retention::Plan::default()
+    } else {
+        let store = agent::object_store::ObjectStore::from_url(&info.replica_url)
+            .await
+            .with_context(|| format!("open replica {}", info.replica_url))?;
+        let listing = agent::retention::list(&store).await?;
+        agent::retention::plan(
+            &listing,
+            proto::model::Generation(info.current_generation),
+            std::time::Duration::from_millis(keep_ms),
+            std::time::SystemTime::now(),
+        )
+    };
+    if c.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"database": t, "replica": info.replica_url, "keep_ms": keep_ms,
+                "current_generation": info.current_generation, "delete": plan.keys, "bytes": plan.bytes,
+                "earliest_txid_after": plan.earliest.map(|t| t.0)}))?
+        );
+    } else {
+        println!(
+            "{t}: {} objects ({} bytes) would go under a {} window",
+            plan.keys.len(),
+            plan.bytes,
+            humantime::format_duration(std::time::Duration::from_millis(keep_ms))
+        );
+        for k in &plan.keys {
+            println!("  {k}");
+        }
+    }
+    Ok(0)
+}
+
 fn pos(p: &Option<v1::Position>) -> Value {
     match p {
         Some(p) => json!({"generation": p.generation, "txid": p.txid}),
@@ -286,24 +591,109 @@ pub async fn run(cmd: Command) -> Result<i32> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            let v = json!(r.databases.iter().map(|d| json!({"project": d.project, "name": d.name, "policy": d.policy, "holder_instance_id": d.holder_instance_id, "generation": d.generation, "lease_expires_at_unix_ms": d.lease_expires_at_unix_ms, "head": pos(&d.head), "created_at_unix_ms": d.created_at_unix_ms})).collect::<Vec<_>>());
+            let v = json!(r.databases.iter().map(database_json).collect::<Vec<_>>());
             let rows = r
                 .databases
                 .iter()
                 .map(|d| {
+                    let window = d.scan.as_ref().map_or_else(
+                        || "-".into(),
+                        |s| {
+                            format!(
+                                "{}..{} ({} .. {})",
+                                s.earliest_txid,
+                                s.latest_txid,
+                                ms(s.earliest_unix_ms),
+                                ms(s.latest_unix_ms)
+                            )
+                        },
+                    );
                     vec![
                         format!("{}/{}", d.project, d.name),
-                        d.policy.clone(),
-                        if d.holder_instance_id.is_empty() { "-".into() } else { d.holder_instance_id.clone() },
+                        d.status.clone(),
                         d.generation.to_string(),
-                        d.head
+                        format!("{}/{}", d.durable_txid, d.local_txid),
+                        format!("{:.1}s", d.lag_seconds),
+                        window,
+                        d.scan.as_ref().map_or_else(|| "-".into(), |s| format!("{}/{}", s.objects, s.bytes)),
+                        format!("${:.4}", d.monthly_storage_cost + d.monthly_request_cost),
+                        d.last_drill
                             .as_ref()
-                            .map(|p| format!("{:016x}@{}", p.generation, p.txid))
-                            .unwrap_or_else(|| "-".into()),
+                            .map_or_else(|| "-".into(), |x| if x.ok { "ok".into() } else { "FAILED".into() }),
                     ]
                 })
                 .collect();
-            print(c.json, v, &["DATABASE", "POLICY", "HOLDER", "GENERATION", "HEAD"], rows)?;
+            print(
+                c.json,
+                v,
+                &[
+                    "DATABASE",
+                    "STATUS",
+                    "GENERATION",
+                    "DURABLE/LOCAL",
+                    "LAG",
+                    "WINDOW (TXID)",
+                    "OBJECTS/BYTES",
+                    "COST/MONTH",
+                    "DRILL",
+                ],
+                rows,
+            )?;
+        }
+        Command::Scan { target: t, project, client: c } => {
+            let (project, database) = match t {
+                Some(t) => target(&t)?,
+                None => (project.unwrap_or_default(), String::new()),
+            };
+            let mut cl = client(&c).await?;
+            let r = cl.scan(v1::ScanRequest { project, database }).await.map_err(status)?.into_inner();
+            if c.json {
+                println!("{}", json!({"scanned": r.scanned}));
+            } else {
+                println!("scanned {} database(s)", r.scanned);
+            }
+        }
+        Command::Drill { target: t, every, client: c } => {
+            let (project, database) = target(&t)?;
+            let mut cl = client(&c).await?;
+            if let Some(every) = every {
+                let every_ms = every.as_millis() as u64;
+                cl.drill(v1::DrillRequest { project, database, every_ms, schedule_set: true }).await.map_err(status)?;
+                if c.json {
+                    println!("{}", json!({"database": t, "drill_every_ms": every_ms}));
+                } else {
+                    println!("{t}: drilled every {}", humantime::format_duration(every));
+                }
+                return Ok(0);
+            }
+            let r = cl
+                .drill(v1::DrillRequest { project, database, every_ms: 0, schedule_set: false })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let d = r.result.context("drill answer without a result")?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&drill_json(&d))?);
+            } else {
+                println!(
+                    "drill of {t}: {} in {} ms: {}",
+                    if d.ok { "passed" } else { "FAILED" },
+                    d.duration_ms,
+                    d.message
+                );
+            }
+            return Ok(if d.ok { 0 } else { 1 });
+        }
+        Command::Retention { target: t, keep, clear, dry_run, client: c } => {
+            return retention(&t, keep, clear, dry_run, &c).await;
+        }
+        Command::Restore { target: t, output, into, replica, txid, timestamp, dry_run, client: c } => {
+            let to = match (output, into) {
+                (_, Some(into)) => Into::Clone { target: into, replica },
+                (Some(out), None) => Into::File(out),
+                (None, None) => Into::Nowhere,
+            };
+            return restore(&t, to, txid, timestamp, dry_run, &c).await;
         }
         Command::Policy { target: t, policy, client: c } => {
             let (project, database) = target(&t)?;

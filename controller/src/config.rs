@@ -59,10 +59,70 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Databases with their lease and policy.
+    /// The inventory: every database (of --project, or all) with its status, positions, lag,
+    /// restorable window, stored objects and bytes, cost estimate and last drill.
     Databases {
         #[arg(long)]
         project: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reconcile now: scan the replicas' listings (all databases, --project, or one PROJECT/DB).
+    Scan {
+        target: Option<String>,
+        #[arg(long)]
+        project: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restore drill of PROJECT/DB, run by the controller: restore into scratch space, check
+    /// integrity and the checksum the agent reported. Exits 1 when the drill fails.
+    Drill {
+        target: String,
+        /// Set the database's drill schedule instead of drilling now (0s: never).
+        #[arg(long, value_parser = parse_duration)]
+        every: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show or set how much point-in-time history PROJECT/DB keeps (--keep 7d). The current
+    /// generation's agent deletes what falls outside, after the controller validates its
+    /// generation. --dry-run lists what would go (with --keep: under that window instead).
+    Retention {
+        target: String,
+        #[arg(long, value_parser = parse_duration)]
+        keep: Option<Duration>,
+        /// Keep everything (clears the policy).
+        #[arg(long, conflicts_with = "keep")]
+        clear: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restore PROJECT/DB onto this machine (audited by the controller). Reads the bucket
+    /// with this machine's AWS_* credentials.
+    Restore {
+        target: String,
+        /// Where the restored database is written (never overwritten if it exists).
+        #[arg(long, required_unless_present_any = ["dry_run", "into"], conflicts_with = "into")]
+        output: Option<PathBuf>,
+        /// Clone into PROJECT2/DB2 instead: the restored database becomes a new lineage in
+        /// that database's replica (which must have no live writer); its agent restores it.
+        #[arg(long)]
+        into: Option<String>,
+        /// The replica root of --into, when no agent of it has reported one.
+        #[arg(long, requires = "into")]
+        replica: Option<String>,
+        /// Restore exactly this transaction.
+        #[arg(long, conflicts_with = "timestamp")]
+        txid: Option<u64>,
+        /// Restore the newest transaction at or before this time (RFC 3339).
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Print the plan (generation, files, transaction) and restore nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -139,6 +199,27 @@ pub struct ServeArgs {
     /// printed once).
     #[arg(long = "admin-token", env = "WALFLEET_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// How often the inventory reconciles every replica's listing (the controller reads the
+    /// buckets with its own AWS_* credentials).
+    #[arg(long, env = "WALFLEET_SCAN_INTERVAL", default_value = "15m", value_parser = parse_duration)]
+    pub scan_interval: Duration,
+    /// A holder whose durable transaction has not moved for this long while its local one did
+    /// is stalled (an event).
+    #[arg(long, env = "WALFLEET_STALL_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub stall_after: Duration,
+    /// Run a restore drill of every database this often (0: only on demand), unless the
+    /// database has its own schedule (`walfleet drill PROJECT/DB --every D`).
+    #[arg(long, env = "WALFLEET_DRILL_INTERVAL", default_value = "0s", value_parser = parse_duration)]
+    pub drill_interval: Duration,
+    /// How often drill schedules are checked.
+    #[arg(long, env = "WALFLEET_DRILL_CHECK", default_value = "1m", value_parser = parse_duration)]
+    pub drill_check: Duration,
+    /// Storage price for the cost estimate, per GB-month.
+    #[arg(long, env = "WALFLEET_PRICE_STORAGE_GB_MONTH", default_value_t = 0.023)]
+    pub price_storage_gb_month: f64,
+    /// Request price for the cost estimate, per 1,000 PUTs.
+    #[arg(long, env = "WALFLEET_PRICE_PUT_PER_1000", default_value_t = 0.005)]
+    pub price_put_per_1000: f64,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -429,7 +429,7 @@ impl Leases {
         }
     }
 
-    async fn event(
+    pub(crate) async fn event(
         &self,
         project: &ProjectName,
         database: &DatabaseName,

@@ -16,6 +16,7 @@ use crate::auth::{self, Auth};
 use crate::config::ServeArgs;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::agent::AgentApi;
+use crate::inventory::{Inventory, Prices};
 use crate::lease::{now_ms, Leases};
 use crate::metrics::Metrics;
 use crate::store::{self, Store, TokenKind};
@@ -60,6 +61,11 @@ pub async fn serve(args: ServeArgs, cancel: CancellationToken) -> Result<()> {
     info!(grpc = %grpc_addr, http = %http_addr, store = store.backend(), ttl = ?args.lease_ttl, "controller listening");
 
     tracker.spawn(leases.clone().run_flusher(cancel.clone()));
+    let prices = Prices { storage_gb_month: args.price_storage_gb_month, put_per_1000: args.price_put_per_1000 };
+    let inventory = Inventory::new(leases.clone(), prices, args.scan_interval, args.stall_after);
+    tracker.spawn(inventory.clone().run_scanner(cancel.clone()));
+    tracker.spawn(inventory.clone().run_watcher(cancel.clone()));
+    tracker.spawn(inventory.clone().run_drills(args.drill_interval, args.drill_check, cancel.clone()));
 
     let m = metrics.clone();
     let app = axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route(
@@ -74,8 +80,9 @@ pub async fn serve(args: ServeArgs, cancel: CancellationToken) -> Result<()> {
         let _ = axum::serve(http, app).with_graceful_shutdown(c.cancelled_owned()).await;
     });
 
-    let agent = AgentApi { leases: leases.clone(), auth: auth.clone(), metrics: metrics.clone() };
-    let admin = AdminApi { leases: leases.clone(), auth, metrics };
+    let agent =
+        AgentApi { leases: leases.clone(), inventory: inventory.clone(), auth: auth.clone(), metrics: metrics.clone() };
+    let admin = AdminApi { leases: leases.clone(), inventory, auth, metrics };
     let mut builder = tonic::transport::Server::builder();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let cert = std::fs::read(cert).with_context(|| format!("read --tls-cert {}", cert.display()))?;

@@ -226,9 +226,9 @@ fn controller_crash_and_one_minute_outage_lose_nothing() -> Result<()> {
     a.wait_metric("walfleet_lease_held", |v| v == 1.0, T)?;
 
     c.restart()?;
+    wait_renewed_by(&mut a, &c)?;
     let n = printed_ids(&a.stdout()).len();
     wait_printed(&mut a, n + 20, "after the controller restarted")?;
-    a.wait_metric("walfleet_lease_held", |v| v == 1.0, T)?;
 
     c.kill()?;
     let away = Instant::now();
@@ -243,6 +243,7 @@ fn controller_crash_and_one_minute_outage_lose_nothing() -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     c.restart()?;
+    wait_renewed_by(&mut a, &c)?;
     a.wait_metric("walfleet_lease_held", |v| v == 1.0, T)?;
     let n = printed_ids(&a.stdout()).len();
     wait_printed(&mut a, n + 10, "after the outage")?;
@@ -259,6 +260,16 @@ fn controller_crash_and_one_minute_outage_lose_nothing() -> Result<()> {
     for bad in ["duplicate_instance", "lease_expired", "fenced", "forked"] {
         assert!(!events.iter().any(|e| e == bad), "unexpected {bad} event: {events:?}");
     }
+    Ok(())
+}
+
+/// Waits until a renew sent after the controller (re)started was answered: the confirmation
+/// deadline is then past start + TTL·5/6, which no renew answered by the previous process reaches.
+fn wait_renewed_by(a: &mut Agent, c: &Controller) -> Result<()> {
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    let until = started + c.ttl.as_secs_f64() * 5.0 / 6.0;
+    a.wait_metric("walfleet_lease_confirmed_until_seconds", |v| v > until, T)
+        .with_context(|| format!("no renew answered by the restarted controller; its log:\n{}", c.stderr()))?;
     Ok(())
 }
 

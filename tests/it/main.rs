@@ -6,6 +6,7 @@ mod fencing;
 mod fleet;
 mod harness;
 mod interop;
+mod inventory;
 mod large;
 mod lifecycle;
 mod persistence;

@@ -131,6 +131,11 @@ impl Agent {
         self.proc.sigterm()
     }
 
+    /// Sends a signal by its `kill -s` name (STOP, CONT, …) to the agent process only.
+    pub fn signal(&mut self, signal: &str) -> Result<()> {
+        self.proc.signal(signal)
+    }
+
     pub fn sigkill(&mut self) -> Result<ExitStatus> {
         self.proc.sigkill()
     }

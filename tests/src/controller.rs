@@ -35,6 +35,9 @@ pub struct Controller {
     /// The CA that signed the controller's certificate, when it serves TLS (see [`tls_files`]).
     pub ca: Option<PathBuf>,
     extra: Vec<String>,
+    /// More environment for the controller and the CLI (e.g. the object store's credentials,
+    /// which the inventory scan, drills and `walfleet restore` read with).
+    pub env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
@@ -52,6 +55,16 @@ impl Controller {
     }
 
     fn start_with(dir: TempDir, store_url: String, ttl: Duration, extra: &[&str]) -> Result<Controller> {
+        Self::start_with_env(dir, store_url, ttl, extra, Vec::new())
+    }
+
+    fn start_with_env(
+        dir: TempDir,
+        store_url: String,
+        ttl: Duration,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Result<Controller> {
         let mut c = Controller {
             proc: None,
             grpc_port: crate::free_port(),
@@ -61,6 +74,7 @@ impl Controller {
             ttl,
             ca: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env,
             _dir: dir,
         };
         c.spawn()?;
@@ -74,14 +88,13 @@ impl Controller {
             .args(["--database-url", &self.store_url])
             .args(["--lease-ttl", &format!("{}ms", self.ttl.as_millis())])
             .args(&self.extra);
-        apply_env(
-            &mut cmd,
-            &[
-                ("WALFLEET_ADMIN_TOKEN".into(), self.admin_token.clone()),
-                ("RUST_LOG".into(), "info,sqlx=warn".into()),
-                ("RUST_BACKTRACE".into(), "1".into()),
-            ],
-        );
+        let mut env = vec![
+            ("WALFLEET_ADMIN_TOKEN".into(), self.admin_token.clone()),
+            ("RUST_LOG".into(), "info,sqlx=warn".into()),
+            ("RUST_BACKTRACE".into(), "1".into()),
+        ];
+        env.extend(self.env.iter().cloned());
+        apply_env(&mut cmd, &env);
         let proc = Process::spawn("walfleet serve", cmd)?;
         self.proc = Some(proc);
         let url = format!("http://127.0.0.1:{}/healthz", self.http_port);
@@ -113,6 +126,13 @@ impl Controller {
         Ok(())
     }
 
+    /// A controller on a SQLite store of its own, started with `env` and extra flags.
+    pub fn start_sqlite_with(ttl: Duration, env: Vec<(String, String)>, extra: &[&str]) -> Result<Controller> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("walfleet.db").display());
+        Self::start_with_env(dir, url, ttl, extra, env)
+    }
+
     /// Starts it again on the same ports and store.
     pub fn restart(&mut self) -> Result<()> {
         self.kill()?;
@@ -138,6 +158,7 @@ impl Controller {
         if let Some(ca) = &self.ca {
             env.push(("WALFLEET_CONTROLLER_CA".into(), ca.display().to_string()));
         }
+        env.extend(self.env.iter().cloned());
         apply_env(&mut cmd, &env);
         crate::process::run("walfleet", cmd, Duration::from_secs(60))
     }

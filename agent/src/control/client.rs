@@ -71,6 +71,11 @@ fn retryable(s: &Status) -> bool {
     )
 }
 
+/// Failures of the connection rather than answers of the controller: the channel is replaced.
+fn transport_failure(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+}
+
 /// A duration as a person reads it in an error: "60s", "1500ms".
 pub fn human(d: Duration) -> String {
     if d.subsec_millis() == 0 {
@@ -104,7 +109,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// This process's connection to the controller.
 pub struct Control {
-    client: Client,
+    /// Replaced by a fresh channel after a transport failure (see [`Control::call`]).
+    client: std::sync::Mutex<Client>,
+    endpoint: Endpoint,
+    bearer: Bearer,
     url: String,
     project: ProjectName,
     instance: InstanceId,
@@ -115,6 +123,8 @@ pub struct Control {
     /// From Register: used where a grant leaves them out.
     ttl: Duration,
     renew_interval: Duration,
+    /// How often retention is applied (see [`super::RetentionKeeper`]).
+    pub retention_interval: Duration,
 }
 
 impl Control {
@@ -145,9 +155,12 @@ impl Control {
             .parse()
             .context("put the agent token in a header (WALFLEET_TOKEN)")?;
         bearer.set_sensitive(true);
-        let client = AgentServiceClient::with_interceptor(ep.connect_lazy(), Bearer(bearer));
+        let bearer = Bearer(bearer);
+        let client = AgentServiceClient::with_interceptor(ep.connect_lazy(), bearer.clone());
         let mut control = Control {
-            client,
+            client: std::sync::Mutex::new(client),
+            endpoint: ep,
+            bearer,
             url: cfg.url.clone(),
             project: cfg.project.clone(),
             instance,
@@ -156,6 +169,7 @@ impl Control {
             handoffs: Handoffs::default(),
             ttl: Duration::from_secs(30),
             renew_interval: Duration::from_secs(10),
+            retention_interval: cfg.retention_interval,
         };
         let req = proto::v1::RegisterRequest {
             project: control.project.to_string(),
@@ -203,7 +217,15 @@ impl Control {
     }
 
     pub(super) fn client(&self) -> Client {
-        self.client.clone()
+        self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drops the channel after a transport failure and starts a new one (connected lazily by
+    /// the next call). A connection to a controller that vanished without closing it (a VM
+    /// gone, a partition) would otherwise hold calls until HTTP/2 keep-alive gives up on it.
+    pub(super) fn reconnect(&self) {
+        let fresh = AgentServiceClient::with_interceptor(self.endpoint.connect_lazy(), self.bearer.clone());
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     /// One call, bounded by `timeout`; failures count as controller errors.
@@ -212,12 +234,15 @@ impl Control {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let r = match tokio::time::timeout(timeout, f(self.client.clone())).await {
+        let r = match tokio::time::timeout(timeout, f(self.client())).await {
             Ok(r) => r.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!("no answer within {}", human(timeout)))),
         };
-        if r.is_err() {
+        if let Err(s) = &r {
             self.count_error();
+            if transport_failure(s) {
+                self.reconnect();
+            }
         }
         r
     }
@@ -403,6 +428,25 @@ impl Control {
                 Err(Status::internal("renew answer without an outcome"))
             }
         }
+    }
+
+    /// Fencing rule 4: asks whether `generation` is still the current one before deleting;
+    /// the answer also carries the database's retention window (none: keep everything).
+    pub async fn validate_delete(
+        &self,
+        database: &DatabaseName,
+        generation: Generation,
+    ) -> Result<(bool, Generation, Option<Duration>), Status> {
+        let req = proto::v1::ValidateRequest {
+            project: self.project.to_string(),
+            database: database.to_string(),
+            instance_id: self.instance.to_string(),
+            generation: generation.0,
+            action: "delete".into(),
+        };
+        let r = self.call(CALL_TIMEOUT, |mut c| async move { c.validate(req).await }).await?;
+        let keep = (r.retention_keep_ms > 0).then(|| Duration::from_millis(r.retention_keep_ms));
+        Ok((r.current, Generation(r.current_generation), keep))
     }
 
     /// Gives the lease back; `sealed` is where the generation was sealed (none when the seal

@@ -172,9 +172,10 @@ pub fn report(m: &DbMetrics) -> proto::v1::Report {
         _ if lag > LAGGING_AFTER.as_secs_f64() => "lagging",
         _ => "ok",
     };
+    let (durable_txid, durable_checksum) = m.durable();
     proto::v1::Report {
         local_txid: m.local_txid.load(Ordering::Relaxed),
-        durable_txid: m.durable_txid.load(Ordering::Relaxed),
+        durable_txid,
         lag_seconds: lag,
         lag_bytes: m.pending_bytes.load(Ordering::Relaxed),
         last_upload_unix_ms: m.last_upload_ms.load(Ordering::Relaxed),
@@ -182,7 +183,7 @@ pub fn report(m: &DbMetrics) -> proto::v1::Report {
         upload_errors: m.upload_errors.load(Ordering::Relaxed),
         upload_blocked: blocked,
         state: state.to_string(),
-        durable_checksum: m.durable_checksum.load(Ordering::Relaxed),
+        durable_checksum,
     }
 }
 
@@ -211,6 +212,8 @@ impl LeaseKeeper {
         let every = self.lease.renew_interval;
         let mut next = Instant::now() + every;
         let mut failing = false;
+        // The last renew error logged: a new kind of failure is logged once more.
+        let mut last_error: Option<(tonic::Code, String)> = None;
         loop {
             // Wake for the next renew, or when the confirmation runs out, whichever is first.
             let wake = match self.metrics.lease.confirmed_until() {
@@ -256,9 +259,11 @@ impl LeaseKeeper {
                         }
                     }
                     Err(status) => {
-                        if !failing {
+                        let this = (status.code(), status.message().to_string());
+                        if last_error.as_ref() != Some(&this) {
                             warn!(db = %self.database, controller = %self.control.url(), code = ?status.code(),
                                 error = %status.message(), "lease renew failed; retrying every second");
+                            last_error = Some(this);
                         }
                     }
                 }
@@ -267,6 +272,7 @@ impl LeaseKeeper {
                         info!(db = %self.database, generation = self.lease.generation.0, "lease renew answered again");
                     }
                     failing = false;
+                    last_error = None;
                     next = sent + every;
                 } else {
                     failing = true;

@@ -10,12 +10,14 @@
 mod client;
 mod commands;
 mod lease;
+mod retention;
 
 pub use client::{human, Control, ControlError, Mode, RenewOutcome};
 pub use commands::{CommandStream, Handoff, Handoffs};
 pub use lease::{
     at_head, confirmed_until, local_position, margin, report, Lease, LeaseKeeper, LeaseKind, LeaseState, LeaseStatus,
 };
+pub use retention::RetentionKeeper;
 
 #[cfg(test)]
 mod tests;

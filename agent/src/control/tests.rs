@@ -248,6 +248,7 @@ fn config(url: &str, token: &str, e: &Env, lease_wait: Duration) -> ReplicateCon
             project: "shop".parse().expect("project"),
             ca_pem: None,
             lease_wait,
+            retention_interval: Duration::from_secs(3600),
         }),
     }
 }

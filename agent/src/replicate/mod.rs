@@ -138,6 +138,8 @@ impl DbReplicator {
         let mut last_checkpoint = Instant::now();
         let mut last_compaction = [Instant::now(); COMPACTION_LEVELS.len()];
         let mut last_snapshot = Instant::now();
+        // The transaction the last snapshot covers: an idle database is not snapshotted again.
+        let mut snapshotted: Option<Txid> = None;
         let mut last_wal_stat = wal_stat(&self.db_path);
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -203,9 +205,16 @@ impl DbReplicator {
             }
             let snapshot_due =
                 !self.opts.snapshot_interval.is_zero() && last_snapshot.elapsed() >= self.opts.snapshot_interval;
-            if snapshot_due && session.spool.is_empty() && session.durable > Txid::ZERO {
+            if snapshot_due
+                && session.spool.is_empty()
+                && session.durable > Txid::ZERO
+                && snapshotted != Some(session.durable)
+            {
                 match self.snapshot(&cap, &session).await {
-                    Ok(true) => last_snapshot = Instant::now(),
+                    Ok(true) => {
+                        last_snapshot = Instant::now();
+                        snapshotted = Some(session.durable);
+                    }
                     Ok(false) => {}
                     Err(e) => warn!(error = %format!("{e:#}"), "snapshot failed; will retry"),
                 }
@@ -348,8 +357,7 @@ impl DbReplicator {
             session.spool.pop_front();
             session.durable = c.txid;
             session.durable_checksum = c.post_checksum;
-            self.metrics.durable_checksum.store(c.post_checksum, Ordering::Relaxed);
-            self.metrics.durable_txid.store(c.txid.0, Ordering::Relaxed);
+            self.metrics.set_durable(c.txid.0, c.post_checksum);
             self.keep_for_compaction(session, 0, c.txid, c.txid, &c.path);
             match session.spool.front() {
                 Some(n) => self.metrics.oldest_pending_ms.store(n.timestamp_ms, Ordering::Relaxed),
@@ -597,8 +605,7 @@ impl DbReplicator {
                 )?;
                 session.durable = txid;
                 session.durable_checksum = if exact { scan.checksum } else { 0 };
-                self.metrics.durable_checksum.store(session.durable_checksum, Ordering::Relaxed);
-                self.metrics.durable_txid.store(txid.0, Ordering::Relaxed);
+                self.metrics.set_durable(txid.0, session.durable_checksum);
                 self.metrics.local_txid.store(txid.0, Ordering::Relaxed);
                 let c = blocking(cap, move |c| {
                     c.txid = txid;

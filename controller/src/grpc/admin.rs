@@ -8,12 +8,16 @@ use tonic::{Request, Response, Status};
 
 use super::{database, project, wire_position, ApiError, ApiResult};
 use crate::auth::{self, bearer, Auth};
+use crate::inventory::{self, Drill, Inventory, Scan};
 use crate::lease::{now_ms, Leases};
 use crate::metrics::Metrics;
-use crate::store::{EventFilter, Store, TokenKind};
+use crate::store::{EventFilter, InstanceRow, NewEvent, Store, TokenKind};
+use proto::model::{DatabaseName, Generation, ProjectName};
+use std::collections::HashMap;
 
 pub struct AdminApi {
     pub leases: Arc<Leases>,
+    pub inventory: Arc<Inventory>,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
 }
@@ -23,9 +27,20 @@ impl AdminApi {
         self.leases.store()
     }
 
-    async fn admin<T>(&self, req: &Request<T>) -> ApiResult<()> {
-        self.auth.admin(bearer(req.metadata())).await?;
-        Ok(())
+    /// Admits admin tokens only; returns the token's id (who, in audit events).
+    async fn admin<T>(&self, req: &Request<T>) -> ApiResult<String> {
+        match self.auth.admin(bearer(req.metadata())).await? {
+            auth::Caller::Admin { token_id } | auth::Caller::Agent { token_id, .. } => Ok(token_id),
+        }
+    }
+
+    /// A database that exists, named by wire strings.
+    async fn existing(&self, p: &str, d: &str) -> ApiResult<(ProjectName, DatabaseName)> {
+        let (p, d) = (project(p)?, database(d)?);
+        if self.store().get_database(&p, &d).await.map_err(ApiError::from)?.is_none() {
+            return Err(ApiError::NotFound(format!("database {p}/{d} does not exist")));
+        }
+        Ok((p, d))
     }
 }
 
@@ -233,12 +248,47 @@ impl AdminService for AdminApi {
         &self,
         req: Request<v1::ListDatabasesRequest>,
     ) -> Result<Response<v1::ListDatabasesResponse>, Status> {
+        let _t = self.metrics.call("list_databases");
         self.admin(&req).await?;
         let p = opt_project(&req.get_ref().project)?;
-        let rows = self.store().list_databases(p.as_ref()).await.map_err(ApiError::from)?;
-        let databases = rows
-            .into_iter()
-            .map(|d| v1::DatabaseInfo {
+        let store = self.store();
+        let rows = store.list_databases(p.as_ref()).await.map_err(ApiError::from)?;
+        let instances = store.list_instances(p.as_ref(), 0).await.map_err(ApiError::from)?;
+        let mut by_db: HashMap<(&ProjectName, &DatabaseName), Vec<&InstanceRow>> = HashMap::new();
+        for i in &instances {
+            if let Some(d) = &i.database {
+                by_db.entry((&i.info.project, d)).or_default().push(i);
+            }
+        }
+        let mut notes: HashMap<(ProjectName, DatabaseName, String), String> = HashMap::new();
+        for n in store.list_notes(p.as_ref(), None).await.map_err(ApiError::from)? {
+            notes.insert((n.project, n.database, n.kind), n.body);
+        }
+        let note = |d: &crate::store::DatabaseRow, kind: &str| {
+            notes.get(&(d.project.clone(), d.name.clone(), kind.to_string()))
+        };
+        let now = now_ms();
+        let renew_ms = self.leases.renew_interval_ms() as i64;
+        let mut databases = Vec::with_capacity(rows.len());
+        for d in rows {
+            let gens = store.list_generations(&d.project, &d.name).await.map_err(ApiError::from)?;
+            let mine = by_db.get(&(&d.project, &d.name)).cloned().unwrap_or_default();
+            let (status, reason) =
+                inventory::status(&mine, self.inventory.is_stalled(&d.project, &d.name), renew_ms, now);
+            let holder = mine.iter().filter(|i| i.role == "holder").max_by_key(|i| i.last_seen);
+            let report = holder.and_then(|h| h.report.clone()).unwrap_or_default();
+            let scan: Option<Scan> = note(&d, inventory::SCAN).and_then(|b| serde_json::from_str(b).ok());
+            let drill: Option<Drill> = note(&d, inventory::DRILL).and_then(|b| serde_json::from_str(b).ok());
+            let replica_url = note(&d, inventory::REPLICA)
+                .and_then(|b| serde_json::from_str::<inventory::ReplicaNote>(b).ok())
+                .map(|r| r.url)
+                .unwrap_or_default();
+            let uploading_for =
+                gens.iter().find(|g| g.generation == report.generation).map_or(0, |g| now - g.created_at);
+            let bytes = scan.as_ref().map_or(0, |s| s.bytes);
+            let (storage_cost, request_cost) =
+                inventory::monthly_cost(self.inventory.prices, bytes, report.uploads, uploading_for);
+            databases.push(v1::DatabaseInfo {
                 project: d.project.to_string(),
                 name: d.name.to_string(),
                 policy: d.policy.to_string(),
@@ -247,9 +297,199 @@ impl AdminService for AdminApi {
                 lease_expires_at_unix_ms: d.expires_at,
                 head: wire_position(d.head),
                 created_at_unix_ms: d.created_at,
-            })
-            .collect();
+                status: status.as_str().to_string(),
+                status_reason: reason,
+                generation_chain: gens.iter().map(|g| g.generation.0).collect(),
+                local_txid: report.local_txid.0,
+                durable_txid: report.durable_txid.0,
+                lag_seconds: report.lag_seconds,
+                lag_bytes: report.lag_bytes,
+                last_upload_unix_ms: report.last_upload_at.unwrap_or(0),
+                replica_url,
+                scan: scan.map(|s| v1::ScanInfo {
+                    at_unix_ms: s.at,
+                    objects: s.objects,
+                    bytes: s.bytes,
+                    earliest_generation: s.earliest_generation,
+                    earliest_txid: s.earliest_txid,
+                    earliest_unix_ms: s.earliest_ms,
+                    latest_generation: s.latest_generation,
+                    latest_txid: s.latest_txid,
+                    latest_unix_ms: s.latest_ms,
+                    drift: s.drift,
+                    requests: s.requests,
+                    error: s.error,
+                }),
+                monthly_storage_cost: storage_cost,
+                monthly_request_cost: request_cost,
+                last_drill: drill.map(wire_drill),
+                last_report_unix_ms: holder.map_or(0, |h| h.last_seen),
+            });
+        }
         Ok(Response::new(v1::ListDatabasesResponse { databases }))
+    }
+
+    async fn scan(&self, req: Request<v1::ScanRequest>) -> Result<Response<v1::ScanResponse>, Status> {
+        self.admin(&req).await?;
+        let r = req.get_ref();
+        let p = opt_project(&r.project)?;
+        let d = if r.database.is_empty() { None } else { Some(database(&r.database)?) };
+        let scanned = self.inventory.scan_all(p.as_ref(), d.as_ref()).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::ScanResponse { scanned }))
+    }
+
+    async fn drill(&self, req: Request<v1::DrillRequest>) -> Result<Response<v1::DrillResponse>, Status> {
+        self.admin(&req).await?;
+        let (p, d) = self.existing(&req.get_ref().project, &req.get_ref().database).await?;
+        if req.get_ref().schedule_set {
+            self.inventory.set_drill_schedule(&p, &d, req.get_ref().every_ms).await.map_err(ApiError::from)?;
+            return Ok(Response::new(v1::DrillResponse { result: None }));
+        }
+        let result = self.inventory.drill(&p, &d).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::DrillResponse { result: Some(wire_drill(result)) }))
+    }
+
+    async fn begin_restore(
+        &self,
+        req: Request<v1::BeginRestoreRequest>,
+    ) -> Result<Response<v1::BeginRestoreResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let r = req.get_ref();
+        let (p, d) = self.existing(&r.project, &r.database).await?;
+        let Some(replica_url) = self.inventory.replica_url(&p, &d).await.map_err(ApiError::from)? else {
+            return Err(
+                ApiError::NotFound(format!("no replica URL recorded for {p}/{d}: no agent has reported one")).into()
+            );
+        };
+        let what = if r.dry_run { "restore_planned" } else { "restore_started" };
+        let event = NewEvent {
+            at: now_ms(),
+            project: p.clone(),
+            database: Some(d.clone()),
+            kind: what.into(),
+            instance: None,
+            other_instance: None,
+            message: format!(
+                "admin token {who} {} {p}/{d} at {} from {replica_url} to {}",
+                if r.dry_run { "planned a restore of" } else { "started restoring" },
+                r.point,
+                r.destination
+            ),
+        };
+        let restore_id = self.store().insert_event(&event).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::BeginRestoreResponse { replica_url, restore_id }))
+    }
+
+    async fn set_retention(
+        &self,
+        req: Request<v1::SetRetentionRequest>,
+    ) -> Result<Response<v1::SetRetentionResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let r = req.get_ref();
+        let (p, d) = self.existing(&r.project, &r.database).await?;
+        self.inventory.set_retention(&p, &d, r.keep_ms).await.map_err(ApiError::from)?;
+        let message = match r.keep_ms {
+            0 => format!("admin token {who} cleared the retention policy: keep everything"),
+            ms => format!(
+                "admin token {who} set retention: keep {} of point-in-time restore",
+                humantime::format_duration(std::time::Duration::from_millis(ms))
+            ),
+        };
+        self.leases.event(&p, &d, "retention_set", None, None, message).await;
+        Ok(Response::new(v1::SetRetentionResponse {}))
+    }
+
+    async fn get_retention(
+        &self,
+        req: Request<v1::GetRetentionRequest>,
+    ) -> Result<Response<v1::GetRetentionResponse>, Status> {
+        self.admin(&req).await?;
+        let r = req.get_ref();
+        let (p, d) = self.existing(&r.project, &r.database).await?;
+        let keep_ms = self.inventory.retention_ms(&p, &d).await.map_err(ApiError::from)?;
+        let replica_url = self.inventory.replica_url(&p, &d).await.map_err(ApiError::from)?.unwrap_or_default();
+        let db = self.store().get_database(&p, &d).await.map_err(ApiError::from)?;
+        let current_generation = db.map_or(0, |d| d.holder_generation.0);
+        Ok(Response::new(v1::GetRetentionResponse { keep_ms, replica_url, current_generation }))
+    }
+
+    async fn begin_clone(
+        &self,
+        req: Request<v1::BeginCloneRequest>,
+    ) -> Result<Response<v1::BeginCloneResponse>, Status> {
+        self.admin(&req).await?;
+        let r = req.get_ref();
+        let (p, d) = (project(&r.project)?, database(&r.database)?);
+        if !self.store().project_exists(&p).await.map_err(ApiError::from)? {
+            return Err(ApiError::NotFound(format!("project {p:?} does not exist")).into());
+        }
+        let now = now_ms();
+        let db = self.store().ensure_database(&p, &d, Policy::Handoff, now).await.map_err(ApiError::from)?;
+        if let Some(h) = db.holder.as_ref().filter(|_| db.expires_at > now) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{p}/{d} has a live writer (instance {h}, generation {}): stop it before cloning into it",
+                db.holder_generation.0
+            ))
+            .into());
+        }
+        let replica_url = if r.replica_url.is_empty() {
+            self.inventory.replica_url(&p, &d).await.map_err(ApiError::from)?.ok_or_else(|| {
+                ApiError::InvalidArgument(format!("no replica URL recorded for {p}/{d}: give the target's replica"))
+            })?
+        } else {
+            self.inventory.remember_replica(&p, &d, &r.replica_url).await.map_err(ApiError::from)?;
+            r.replica_url.clone()
+        };
+        let min = Generation(r.min_generation.max(1));
+        let generation = self.store().issue_generation(&p, &d, min).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::BeginCloneResponse { generation: generation.0, replica_url }))
+    }
+
+    async fn end_clone(&self, req: Request<v1::EndCloneRequest>) -> Result<Response<v1::EndCloneResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let r = req.get_ref();
+        let (p, d) = self.existing(&r.project, &r.database).await?;
+        let now = now_ms();
+        let generation = Generation(r.generation);
+        let row = crate::store::GenerationRow {
+            project: p.clone(),
+            database: d.clone(),
+            generation,
+            instance: "clone".parse().map_err(|e: proto::model::NameError| ApiError::InvalidArgument(e.to_string()))?,
+            host: String::new(),
+            parent: None,
+            created_at: now,
+            sealed_txid: Some(proto::model::Txid(r.txid)),
+            sealed_at: Some(now),
+            leased: false,
+        };
+        self.store().insert_generation(&row).await.map_err(ApiError::from)?;
+        let message = format!(
+            "admin token {who} cloned {} into {p}/{d} as generation {} (a new lineage)",
+            r.source, r.generation
+        );
+        self.leases.event(&p, &d, "cloned", None, None, message).await;
+        Ok(Response::new(v1::EndCloneResponse {}))
+    }
+
+    async fn end_restore(
+        &self,
+        req: Request<v1::EndRestoreRequest>,
+    ) -> Result<Response<v1::EndRestoreResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let r = req.get_ref();
+        let (p, d) = self.existing(&r.project, &r.database).await?;
+        let event = NewEvent {
+            at: now_ms(),
+            project: p.clone(),
+            database: Some(d.clone()),
+            kind: if r.ok { "restore_finished" } else { "restore_failed" }.into(),
+            instance: None,
+            other_instance: None,
+            message: format!("restore #{} of {p}/{d} by admin token {who}: {}", r.restore_id, r.message),
+        };
+        self.store().insert_event(&event).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::EndRestoreResponse {}))
     }
 
     async fn set_policy(&self, req: Request<v1::SetPolicyRequest>) -> Result<Response<v1::SetPolicyResponse>, Status> {
@@ -265,5 +505,18 @@ impl AdminService for AdminApi {
         self.store().ensure_database(&p, &d, policy, now_ms()).await.map_err(ApiError::from)?;
         self.store().set_policy(&p, &d, policy).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::SetPolicyResponse {}))
+    }
+}
+
+fn wire_drill(d: Drill) -> v1::DrillResult {
+    v1::DrillResult {
+        at_unix_ms: d.at,
+        ok: d.ok,
+        generation: d.generation,
+        txid: d.txid,
+        duration_ms: d.duration_ms,
+        message: d.message,
+        expected_checksum: d.expected_checksum,
+        restored_checksum: d.restored_checksum,
     }
 }

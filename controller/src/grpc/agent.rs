@@ -16,6 +16,7 @@ use crate::store::{InstanceInfo, Report};
 
 pub struct AgentApi {
     pub leases: Arc<Leases>,
+    pub inventory: Arc<crate::inventory::Inventory>,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
 }
@@ -91,6 +92,9 @@ impl AgentService for AgentApi {
         let (db, id) = (database(&r.database)?, instance(&r.instance_id)?);
         let min = Generation(r.min_generation);
         let out = self.leases.acquire(&project, &db, &id, min).await.map_err(ApiError::from)?;
+        if let Err(e) = self.inventory.remember_replica(&project, &db, &r.replica_url).await {
+            tracing::warn!(%project, database = %db, error = %e, "record replica URL failed");
+        }
         use v1::acquire_response::Outcome;
         let outcome = match out {
             AcquireOutcome::Granted { generation, head, policy } => Outcome::Granted(v1::Granted {
@@ -159,7 +163,19 @@ impl AgentService for AgentApi {
         let project = self.authorize(&req, &r.project).await?;
         let (db, id, g) = (database(&r.database)?, instance(&r.instance_id)?, generation(r.generation)?);
         let (current, now) = self.leases.validate(&project, &db, &id, g).await.map_err(ApiError::from)?;
-        Ok(Response::new(v1::ValidateResponse { current, current_generation: now.0 }))
+        let mut retention_keep_ms = 0;
+        if r.action == "delete" {
+            if current {
+                retention_keep_ms = self.inventory.retention_ms(&project, &db).await.map_err(ApiError::from)?;
+            } else {
+                let msg = format!(
+                    "instance {id} asked to delete objects as generation {} but the current generation is {}: refused",
+                    g.0, now.0
+                );
+                self.leases.event(&project, &db, "delete_refused", Some(&id), None, msg).await;
+            }
+        }
+        Ok(Response::new(v1::ValidateResponse { current, current_generation: now.0, retention_keep_ms }))
     }
 
     type CommandsStream = CommandStream;

@@ -212,6 +212,17 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// One inventory note of a database: the newest of its kind replaces the previous one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NoteRow {
+    pub project: ProjectName,
+    pub database: DatabaseName,
+    pub kind: String,
+    pub at: Millis,
+    /// JSON.
+    pub body: String,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// "sqlite" or "postgres".
@@ -351,6 +362,11 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_event(&self, event: &NewEvent) -> Result<i64>;
     /// Ascending id.
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRow>>;
+
+    /// Inserts or replaces the note (project, database, kind).
+    async fn put_note(&self, note: &NoteRow) -> Result<()>;
+    /// Notes of one project (or all), of one kind (or all), ordered by project, database, kind.
+    async fn list_notes(&self, project: Option<&ProjectName>, kind: Option<&str>) -> Result<Vec<NoteRow>>;
 }
 
 /// Opens (and migrates) the store a URL names: `sqlite://path` (created if missing) or

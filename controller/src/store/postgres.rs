@@ -21,7 +21,7 @@ use super::sqlite::rows::{
     token_columns, DatabaseRaw, EventRaw, GenerationRaw, InstanceRaw, ProjectRaw, ReportColumns, TokenRaw,
 };
 use super::{
-    Acquired, DatabaseRow, EventFilter, EventRow, GenerationRow, InstanceInfo, InstanceRow, Millis, NewEvent,
+    Acquired, DatabaseRow, EventFilter, EventRow, GenerationRow, InstanceInfo, InstanceRow, Millis, NewEvent, NoteRow,
     ProjectRow, Renewed, Report, ReportUpdate, Result, Store, StoreError, TokenRow,
 };
 
@@ -659,5 +659,30 @@ impl Store for PostgresStore {
         q.push(") AS newest ORDER BY id");
         let raw: Vec<EventRaw> = q.build_query_as().fetch_all(&self.pool).await?;
         raw.into_iter().map(EventRow::try_from).collect()
+    }
+
+    async fn put_note(&self, n: &NoteRow) -> Result<()> {
+        sqlx::query("INSERT INTO notes (project, database, kind, at, body) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project, database, kind) DO UPDATE SET at = excluded.at, body = excluded.body")
+            .bind(n.project.as_str())
+            .bind(n.database.as_str())
+            .bind(&n.kind)
+            .bind(n.at)
+            .bind(&n.body)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_notes(&self, project: Option<&ProjectName>, kind: Option<&str>) -> Result<Vec<NoteRow>> {
+        let mut q = QueryBuilder::<Postgres>::new("SELECT project, database, kind, at, body FROM notes WHERE 1 = 1");
+        if let Some(p) = project {
+            q.push(" AND project = ").push_bind(p.as_str().to_owned());
+        }
+        if let Some(k) = kind {
+            q.push(" AND kind = ").push_bind(k.to_owned());
+        }
+        q.push(" ORDER BY project, database, kind");
+        let raw: Vec<(String, String, String, i64, String)> = q.build_query_as().fetch_all(&self.pool).await?;
+        raw.into_iter().map(rows::note).collect()
     }
 }

@@ -56,7 +56,33 @@ store_test_suite!(
     racing_forks_get_distinct_generations,
     a_failed_write_among_concurrent_ones_fails_alone,
     corrupt_rows_are_errors_not_panics,
+    notes_replace_their_kind_and_filter,
 );
+
+async fn notes_replace_their_kind_and_filter(f: Fixture) {
+    let note = |p: &str, d: &str, kind: &str, at: i64| NoteRow {
+        project: project(p),
+        database: db(d),
+        kind: kind.into(),
+        at,
+        body: format!("{{\"at\":{at}}}"),
+    };
+    f.store.put_note(&note("p", "b", "scan", 1)).await.expect("put");
+    f.store.put_note(&note("p", "a", "scan", 2)).await.expect("put");
+    f.store.put_note(&note("p", "a", "drill", 3)).await.expect("put");
+    f.store.put_note(&note("q", "a", "scan", 4)).await.expect("put");
+    // The newest of a kind replaces the previous one.
+    f.store.put_note(&note("p", "a", "scan", 5)).await.expect("replace");
+    let all = f.store.list_notes(None, None).await.expect("list");
+    let keys: Vec<(String, String, String, i64)> =
+        all.iter().map(|n| (n.project.to_string(), n.database.to_string(), n.kind.clone(), n.at)).collect();
+    let want = [("p", "a", "drill", 3), ("p", "a", "scan", 5), ("p", "b", "scan", 1), ("q", "a", "scan", 4)];
+    assert_eq!(keys, want.map(|(p, d, k, a)| (p.to_string(), d.to_string(), k.to_string(), a)).to_vec());
+    assert_eq!(all[1].body, "{\"at\":5}");
+    let p_scans = f.store.list_notes(Some(&project("p")), Some("scan")).await.expect("filter");
+    assert_eq!(p_scans.iter().map(|n| n.at).collect::<Vec<_>>(), vec![5, 1]);
+    assert!(f.store.list_notes(Some(&project("zz")), None).await.expect("none").is_empty());
+}
 
 /// A store under test, with raw SQL access to its tables for damaging rows on purpose.
 struct Fixture {
@@ -806,7 +832,8 @@ async fn postgres_controllers_starting_together_share_one_schema() {
         .fetch_one(&stores[1].pool)
         .await
         .expect("migration history is in the schema");
-    assert_eq!(migrations, 1);
+    let shipped = sqlx::migrate!("migrations/postgres").iter().count() as i64;
+    assert_eq!(migrations, shipped, "each migration applied once, in this schema");
     let elsewhere: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'projects' AND table_schema = $1",
     )

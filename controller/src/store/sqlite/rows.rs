@@ -91,6 +91,18 @@ pub fn event_limit(limit: u32) -> i64 {
     }
 }
 
+/// A `notes` row: (project, database, kind, at, body).
+pub fn note(raw: (String, String, String, i64, String)) -> Result<super::super::NoteRow> {
+    let (project, database, kind, at, body) = raw;
+    Ok(super::super::NoteRow {
+        project: parse("notes", "project", project)?,
+        database: parse("notes", "database", database)?,
+        kind,
+        at,
+        body,
+    })
+}
+
 fn corrupt(table: &'static str, detail: String) -> StoreError {
     StoreError::Corrupt { table, detail }
 }
