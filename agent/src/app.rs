@@ -39,6 +39,7 @@ pub async fn replicate(cfg: ReplicateConfig, stale_protection: bool, cancel: Can
         mode: Mode::Replicate,
         app_stop: None,
         release_timeout: Duration::from_secs(2),
+        rollback: None,
     };
     let started = crate::run::start_databases(&cfg, &registry, &cancel, &opts).await;
     let started = match started {

@@ -139,6 +139,13 @@ impl Registry {
         self.dbs.lock().unwrap_or_else(|e| e.into_inner()).push(m);
     }
 
+    /// Forgets the databases and stores before a restart of all of them (a live rollback).
+    pub fn clear_databases(&self) {
+        self.started.store(false, Ordering::Relaxed);
+        self.dbs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.stores.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub fn add_store(&self, c: RequestCounts) {
         self.stores.lock().unwrap_or_else(|e| e.into_inner()).push(c);
     }

@@ -18,7 +18,7 @@ use proto::model::{DatabaseName, Generation, InstanceId, Position, Txid};
 use crate::config::{DbConfig, ReplicateConfig};
 use crate::control::{
     at_head, local_position, CommandStream, Control, ControlError, Lease, LeaseKeeper, LeaseKind, LeaseState, Mode,
-    RetentionKeeper,
+    RetentionKeeper, Rollback,
 };
 use crate::health::{self, DbMetrics, Registry};
 use crate::layout;
@@ -49,12 +49,16 @@ pub struct StartOptions {
     pub app_stop: Option<CancellationToken>,
     /// How long the release at shutdown may take.
     pub release_timeout: Duration,
+    /// A live rollback this start continues: its database was restored to the point, and its
+    /// new generation starts there.
+    pub rollback: Option<Rollback>,
 }
 
 /// The databases' tasks, and the controller's command stream (which ends with `stop`).
 pub struct Started {
     pub tasks: Vec<(String, JoinHandle<Result<()>>)>,
     pub commands: Option<JoinHandle<()>>,
+    pub control: Option<Arc<Control>>,
 }
 
 /// Starts replication of every database (with a controller: after acquiring its lease;
@@ -89,12 +93,12 @@ pub async fn start_databases(
                 let leased = Leased { control: control.clone(), name: name.clone(), metrics: metrics.clone() };
                 leased.start(db, cfg, store, stop, opts, &instance).await?
             }
-            _ => start_one(db, cfg, store, metrics, stop.child_token(), opts, &instance, None).await?,
+            _ => start_one(db, cfg, store, metrics, stop.child_token(), opts, &instance, None, None).await?,
         };
         out.push((db.name.clone(), task));
     }
     registry.started.store(true, Ordering::Relaxed);
-    Ok(Started { tasks: out, commands })
+    Ok(Started { tasks: out, commands, control })
 }
 
 /// One database under a lease (or in a fork of its own).
@@ -122,7 +126,9 @@ impl Leased {
         let top = store.list("", Some("/")).await.with_context(|| format!("list replica {}", db.replica_url))?;
         let min_generation = layout::generations(&top).last().map_or(Generation(1), |g| g.next());
         let position = local_position(&db.path, &db.replica_url);
-        let lease = self.control.acquire(&self.name, position, min_generation, &db.replica_url, stop).await?;
+        let rollback_to = opts.rollback.as_ref().filter(|r| r.database == self.name).map(|r| r.point);
+        let lease =
+            self.control.acquire(&self.name, position, min_generation, &db.replica_url, rollback_to, stop).await?;
         let db_stop = stop.child_token();
         match &lease.kind {
             LeaseKind::Held { confirmed_until, .. } => {
@@ -158,7 +164,8 @@ impl Leased {
             if let Some(head) = lease.head.filter(|h| db.path.exists() && !at_head(position, *h)) {
                 self.set_aside_behind_head(db, head, position, opts.stale_protection)?;
             }
-            start_one(db, cfg, store, self.metrics.clone(), db_stop, opts, instance, Some(lease.generation)).await
+            let generation = Some(lease.generation);
+            start_one(db, cfg, store, self.metrics.clone(), db_stop, opts, instance, generation, rollback_to).await
         }
         .await;
         let task = match started {
@@ -256,6 +263,7 @@ async fn start_one(
     opts: &StartOptions,
     instance: &str,
     generation: Option<Generation>,
+    parent_at: Option<Position>,
 ) -> Result<JoinHandle<Result<()>>> {
     for attempt in 0..2 {
         if !db.path.exists() {
@@ -273,6 +281,7 @@ async fn start_one(
                 spool_budget: cfg.spool_budget,
                 instance: instance.to_string(),
                 generation,
+                parent_at,
                 ..ReplicateOptions::default()
             },
             metrics: metrics.clone(),
@@ -332,9 +341,14 @@ async fn restore_latest(db: &DbConfig, store: Arc<ObjectStore>) -> Result<()> {
 
 /// Renames the database and its companions to `<db>.stale-<time>[-wal|-shm]`; never deletes.
 pub fn move_aside(db: &Path) -> Result<PathBuf> {
+    move_aside_as(db, "stale")
+}
+
+/// Renames the database and its companions to `<db>.<label>-<time>[-wal|-shm]`.
+fn move_aside_as(db: &Path, label: &str) -> Result<PathBuf> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let mut base = db.as_os_str().to_owned();
-    base.push(format!(".stale-{stamp}"));
+    base.push(format!(".{label}-{stamp}"));
     let base = PathBuf::from(base);
     for suffix in ["", "-wal", "-shm"] {
         let mut from = db.as_os_str().to_owned();
@@ -353,7 +367,8 @@ pub fn move_aside(db: &Path) -> Result<PathBuf> {
     Ok(base)
 }
 
-/// Runs the app under replication; returns its exit code.
+/// Runs the app under replication; returns its exit code. A live rollback stops the app,
+/// restores the chosen point and runs it again, in the same process.
 pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
     let Some((program, args)) = cfg.app.split_first() else { bail!("no app to run: give it after --") };
     let flush_budget = (cfg.grace / 3).min(Duration::from_secs(3));
@@ -364,40 +379,71 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
         None => Duration::ZERO,
     };
     let registry = Arc::new(Registry::default());
-    let stop = CancellationToken::new();
-    // SIGTERM, or a handoff the controller asks for: both stop the app the same way.
-    let app_stop = cancel.child_token();
-    let opts = StartOptions {
-        stale_protection: cfg.stale_protection,
-        shutdown_timeout: flush_budget - release_timeout,
-        mode: Mode::Run,
-        app_stop: Some(app_stop.clone()),
-        release_timeout,
-    };
-    let http = tokio::spawn(health::serve(cfg.replicate.http_addr, registry.clone(), stop.clone()));
-    let started = tokio::select! {
-        r = start_databases(&cfg.replicate, &registry, &stop, &opts) => r,
-        _ = cancel.cancelled() => {
-            stop.cancel();
-            bail!("stopped before the app started");
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(health::serve(cfg.replicate.http_addr, registry.clone(), http_stop.clone()));
+    let mut rollback: Option<Rollback> = None;
+    let result = loop {
+        let stop = CancellationToken::new();
+        // SIGTERM, or a handoff or rollback the controller asks for: all stop the app the same way.
+        let app_stop = cancel.child_token();
+        let opts = StartOptions {
+            stale_protection: cfg.stale_protection,
+            shutdown_timeout: flush_budget - release_timeout,
+            mode: Mode::Run,
+            app_stop: Some(app_stop.clone()),
+            release_timeout,
+            rollback: rollback.take(),
+        };
+        registry.clear_databases();
+        let started = tokio::select! {
+            r = start_databases(&cfg.replicate, &registry, &stop, &opts) => r,
+            _ = cancel.cancelled() => {
+                stop.cancel();
+                break Err(anyhow::anyhow!("stopped before the app started"));
+            }
+        };
+        let started = match started {
+            Ok(t) => t,
+            Err(e) => {
+                stop.cancel();
+                break Err(e);
+            }
+        };
+        let code = if app_stop.is_cancelled() {
+            info!("stop requested before the app started; not starting it");
+            0
+        } else {
+            match run_app(program, args, &app_stop, app_budget).await {
+                Ok(c) => c,
+                Err(e) => {
+                    stop.cancel();
+                    let _ = finish(started).await;
+                    break Err(e);
+                }
+            }
+        };
+        info!(code, "app exited; shipping the final changes");
+        stop.cancel();
+        let control = started.control.clone();
+        let failed = finish(started).await;
+        let asked = control.map(|c| c.handoffs.rollbacks()).unwrap_or_default();
+        let Some(r) = asked.into_iter().next().filter(|_| !cancel.is_cancelled() && !failed) else {
+            break Ok(if failed && code == 0 { 1 } else { code });
+        };
+        match restore_point(&cfg.replicate, &r).await {
+            Ok(()) => rollback = Some(r),
+            // The database was left as it was: the app starts again on it.
+            Err(e) => warn!(db = %r.database, error = %format!("{e:#}"),
+                "rollback failed; restarting the app on the database as it was"),
         }
     };
-    let started = match started {
-        Ok(t) => t,
-        Err(e) => {
-            stop.cancel();
-            let _ = http.await;
-            return Err(e);
-        }
-    };
-    let code = if app_stop.is_cancelled() {
-        info!("handoff requested before the app started; not starting it");
-        0
-    } else {
-        run_app(program, args, &app_stop, app_budget).await?
-    };
-    info!(code, "app exited; shipping the final changes");
-    stop.cancel();
+    http_stop.cancel();
+    let _ = http.await;
+    result
+}
+
+/// Waits for every database's final flush and the command stream; true when one failed.
+async fn finish(started: Started) -> bool {
     let mut failed = false;
     for (name, t) in started.tasks {
         match t.await {
@@ -415,11 +461,53 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
     if let Some(c) = started.commands {
         let _ = c.await;
     }
-    let _ = http.await;
-    if failed && code == 0 {
-        return Ok(1);
+    failed
+}
+
+/// A live rollback's restore: the point is restored and verified beside the database first;
+/// only then is the database moved aside (kept, never deleted) and the restored file put in
+/// its place, with notes that let the next generation continue from the point.
+async fn restore_point(cfg: &ReplicateConfig, r: &Rollback) -> Result<()> {
+    let Some(db) = cfg.databases.iter().find(|d| d.database.as_ref() == Some(&r.database)) else {
+        bail!("rollback of {}: this agent does not replicate it", r.database);
+    };
+    let started = Instant::now();
+    let store = Arc::new(
+        ObjectStore::from_url(&db.replica_url).await.with_context(|| format!("open replica {}", db.replica_url))?,
+    );
+    let mut staged = db.path.as_os_str().to_owned();
+    staged.push(format!(".rollback-{}", r.restore_id));
+    let staged = PathBuf::from(staged);
+    if staged.exists() {
+        move_aside(&staged)?;
     }
-    Ok(code)
+    let opts = RestoreOptions {
+        output: staged.clone(),
+        target: Target::At(r.point.generation, r.point.txid),
+        if_db_not_exists: false,
+        if_replica_exists: false,
+        integrity_check: true,
+        replica_url: None,
+    };
+    let applied = match restore::restore(store, &opts).await? {
+        RestoreOutcome::Restored { applied, .. } => applied,
+        other => bail!("nothing restored: {other:?}"),
+    };
+    let aside = move_aside_as(&db.path, "rolled-back")?;
+    std::fs::rename(&staged, &db.path).with_context(|| format!("move restored database to {}", db.path.display()))?;
+    state::save(
+        &db.path,
+        &state::LocalState {
+            replica: db.replica_url.clone(),
+            generation: r.point.generation,
+            txid: applied.txid,
+            checksum: format!("{:016x}", applied.checksum),
+            cursor: None,
+        },
+    )?;
+    info!(db = %db.name, generation = r.point.generation.0, txid = applied.txid.0, moved_to = %aside.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64, "rolled back: restored the point; starting again");
+    Ok(())
 }
 
 /// Starts the app and waits for it; `app_stop` sends it SIGTERM, and it is killed if it is

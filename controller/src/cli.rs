@@ -128,6 +128,8 @@ fn database_json(d: &v1::DatabaseInfo) -> Value {
 enum Into {
     File(std::path::PathBuf),
     Clone { target: String, replica: Option<String> },
+    /// Roll the running app back to the point (its agent restores it).
+    Live { wait: std::time::Duration },
     Nowhere,
 }
 
@@ -159,6 +161,7 @@ async fn restore(
     let destination = match &to {
         Into::File(p) => format!("file {}", p.display()),
         Into::Clone { target: t2, .. } => format!("{} (clone, a new lineage)", t2),
+        Into::Live { .. } => "the running app (live rollback)".to_string(),
         Into::Nowhere => "nowhere (dry run)".to_string(),
     };
     if let Into::File(out) = &to {
@@ -186,6 +189,10 @@ async fn restore(
     let store = std::sync::Arc::new(
         agent::object_store::ObjectStore::from_url(&url).await.with_context(|| format!("open replica {url}"))?,
     );
+    if let (Into::Live { wait }, false) = (&to, dry_run) {
+        let result = rollback(&mut cl, &store, (&project, &database), point, begun.restore_id, *wait).await;
+        return end_restore(&mut cl, t, (project, database), begun.restore_id, &destination, &point_text, result, c).await;
+    }
     if dry_run {
         let chosen = restore::choose(&store, point).await?;
         let bytes: u64 = chosen.plan.iter().map(|f| f.size).sum();
@@ -239,19 +246,26 @@ async fn restore(
         Ok(message)
     }
     .await;
+    end_restore(&mut cl, t, (project, database), begun.restore_id, &destination, &point_text, result, c).await
+}
+
+/// Records how an audited restore ended, and prints it.
+#[allow(clippy::too_many_arguments)]
+async fn end_restore(
+    cl: &mut Client,
+    t: &str,
+    (project, database): (String, String),
+    restore_id: i64,
+    destination: &str,
+    point_text: &str,
+    result: Result<String>,
+    c: &ClientArgs,
+) -> Result<i32> {
     let (ok, message) = match result {
         Ok(m) => (true, m),
         Err(e) => (false, format!("restore of {point_text} to {destination} failed: {e:#}")),
     };
-    let audit = cl
-        .end_restore(v1::EndRestoreRequest {
-            project,
-            database,
-            restore_id: begun.restore_id,
-            ok,
-            message: message.clone(),
-        })
-        .await;
+    let audit = cl.end_restore(v1::EndRestoreRequest { project, database, restore_id, ok, message: message.clone() }).await;
     if let Err(e) = audit {
         eprintln!("warning: the controller did not record the end of the restore: {}", e.message());
     }
@@ -264,6 +278,61 @@ async fn restore(
         println!("{message}");
     }
     Ok(0)
+}
+
+/// A live rollback: the exact point (generation, transaction) from the restore plan, asked of
+/// the database's writer, then followed until a new generation continues from it.
+async fn rollback(
+    cl: &mut Client,
+    store: &std::sync::Arc<agent::object_store::ObjectStore>,
+    (project, database): (&str, &str),
+    point: agent::restore::Target,
+    restore_id: i64,
+    wait: std::time::Duration,
+) -> Result<String> {
+    let chosen = agent::restore::choose(store, point).await?;
+    let Some(generation) = chosen.generation else {
+        bail!("the replica holds no generations (a Litestream replica?): a live rollback needs walfleet's layout");
+    };
+    let txid = chosen.txid();
+    let asked = cl
+        .rollback(v1::RollbackRequest {
+            project: project.to_string(),
+            database: database.to_string(),
+            point: Some(v1::Position { generation: generation.0, txid: txid.0 }),
+            restore_id,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let state = cl
+            .get_rollback(v1::GetRollbackRequest {
+                project: project.to_string(),
+                database: database.to_string(),
+                restore_id,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        if state.state == "done" {
+            return Ok(format!(
+                "rolled {project}/{database} back to generation {} transaction {}: instance {} stopped its app, \
+                 instance {} restored the point and writes generation {} from it; generation {} stays restorable",
+                generation.0, txid.0, asked.instance_id, state.instance_id, state.generation, asked.generation
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "instance {} did not finish the rollback within {} (state {:?}); see `walfleet events`",
+                asked.instance_id,
+                humantime::format_duration(wait),
+                state.state
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Writes the restored database at `db` as a new lineage of `p2/d2`.
@@ -687,8 +756,9 @@ pub async fn run(cmd: Command) -> Result<i32> {
         Command::Retention { target: t, keep, clear, dry_run, client: c } => {
             return retention(&t, keep, clear, dry_run, &c).await;
         }
-        Command::Restore { target: t, output, into, replica, txid, timestamp, dry_run, client: c } => {
+        Command::Restore { target: t, output, into, live, wait, replica, txid, timestamp, dry_run, client: c } => {
             let to = match (output, into) {
+                _ if live => Into::Live { wait },
                 (_, Some(into)) => Into::Clone { target: into, replica },
                 (Some(out), None) => Into::File(out),
                 (None, None) => Into::Nowhere,

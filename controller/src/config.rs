@@ -105,12 +105,20 @@ pub enum Command {
     Restore {
         target: String,
         /// Where the restored database is written (never overwritten if it exists).
-        #[arg(long, required_unless_present_any = ["dry_run", "into"], conflicts_with = "into")]
+        #[arg(long, required_unless_present_any = ["dry_run", "into", "live"], conflicts_with_all = ["into", "live"])]
         output: Option<PathBuf>,
         /// Clone into PROJECT2/DB2 instead: the restored database becomes a new lineage in
         /// that database's replica (which must have no live writer); its agent restores it.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "live")]
         into: Option<String>,
+        /// Roll the running app back: its agent (run mode) stops the app, restores the point,
+        /// and starts the app again in a new generation whose parent is that point. The
+        /// generation rolled back from stays restorable.
+        #[arg(long)]
+        live: bool,
+        /// How long --live waits for the agent to finish.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+        wait: std::time::Duration,
         /// The replica root of --into, when no agent of it has reported one.
         #[arg(long, requires = "into")]
         replica: Option<String>,

@@ -8,6 +8,8 @@
 //! 4. `validate` answers whether an instance still holds the current generation.
 //! 5. Expiry is judged by this process's clock (`Clock`); agents renew at TTL/3.
 
+mod rollback;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,14 +41,20 @@ pub enum LeaseError {
     WrongProject { instance: InstanceId, owner: ProjectName, project: ProjectName },
     #[error("database {project}/{database} does not exist")]
     NoDatabase { project: ProjectName, database: DatabaseName },
+    #[error("{0}")]
+    Rollback(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+pub use rollback::{RollbackNote, ROLLBACK};
 
 /// A command for one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Handoff { database: DatabaseName, newcomer: InstanceId, newcomer_host: String },
+    /// Stop the app, restore `point`, continue in a new generation from it.
+    Rollback { database: DatabaseName, point: Position, restore_id: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +77,8 @@ pub struct Leases {
     reports: Mutex<HashMap<(InstanceId, DatabaseName), ReportUpdate>>,
     /// Heads to move forward with the next flush: (project, database, holder) → position.
     heads: Mutex<HashMap<(ProjectName, DatabaseName, InstanceId), Position>>,
+    /// Rollbacks asked of a holder through this controller, repeated on its renews.
+    rollbacks: Mutex<HashMap<(InstanceId, DatabaseName), Command>>,
 }
 
 impl Leases {
@@ -79,6 +89,7 @@ impl Leases {
             hub: Mutex::default(),
             reports: Mutex::default(),
             heads: Mutex::default(),
+            rollbacks: Mutex::default(),
         })
     }
 
@@ -115,8 +126,13 @@ impl Leases {
         database: &DatabaseName,
         id: &InstanceId,
         min_generation: Generation,
+        rollback_to: Option<Position>,
     ) -> Result<AcquireOutcome, LeaseError> {
         let me = self.instance(project, id).await?;
+        let rollback = match rollback_to {
+            Some(p) => Some(self.check_rollback(project, database, id, p).await?),
+            None => None,
+        };
         // A sidecar cannot stop its app, so handing over is not its default.
         let default_policy = if me.mode == "run" { Policy::Handoff } else { Policy::Alert };
         let now = now_ms();
@@ -131,7 +147,7 @@ impl Leases {
                         generation,
                         instance: id.clone(),
                         host: me.host.clone(),
-                        parent: before.head,
+                        parent: rollback_to.or(before.head),
                         created_at: now,
                         sealed_txid: None,
                         sealed_at: None,
@@ -155,6 +171,10 @@ impl Leases {
                 }
                 self.store.record_report(id, database, "holder", None, now).await?;
                 info!(%project, %database, instance = %id, generation = generation.0, "lease granted");
+                if let Some(note) = rollback {
+                    self.rollback_granted(project, database, note, id, generation).await?;
+                    return Ok(AcquireOutcome::Granted { generation, head: rollback_to, policy: db.policy });
+                }
                 Ok(AcquireOutcome::Granted { generation, head: db.head.or(before.head), policy: db.policy })
             }
             Acquired::Held { db } => self.held(project, database, &me, &db, min_generation, now).await,
@@ -303,6 +323,9 @@ impl Leases {
                     let host = self.store.get_instance(&newcomer).await?.map(|r| r.info.host).unwrap_or_default();
                     commands.push(Command::Handoff { database: database.clone(), newcomer, newcomer_host: host });
                 }
+                if let Some(c) = self.lock_rollbacks().get(&(id.clone(), database.clone())) {
+                    commands.push(c.clone());
+                }
                 Ok(RenewOutcome::Renewed { commands })
             }
             Renewed::Fenced { db } => {
@@ -347,6 +370,7 @@ impl Leases {
         let before = self.store.get_database(project, database).await?;
         // The report buffer may still hold an older head for this holder: drop it.
         self.lock_heads().remove(&(project.clone(), database.clone(), id.clone()));
+        self.lock_rollbacks().remove(&(id.clone(), database.clone()));
         let released = self.store.release(project, database, id, generation, sealed).await?;
         if let Some(p) = sealed.filter(|p| p.generation == generation) {
             match self.store.seal_generation(project, database, generation, p.txid, now).await {
@@ -420,6 +444,7 @@ impl Leases {
                 }
             }
         }
+        pending.extend(self.pending_rollbacks(project, id).await?);
         Ok((pending, rx))
     }
 
@@ -456,6 +481,10 @@ impl Leases {
         let update =
             ReportUpdate { instance: id.clone(), database: database.clone(), role: role.to_string(), report, at };
         self.reports.lock().unwrap_or_else(|e| e.into_inner()).insert((id.clone(), database.clone()), update);
+    }
+
+    fn lock_rollbacks(&self) -> std::sync::MutexGuard<'_, HashMap<(InstanceId, DatabaseName), Command>> {
+        self.rollbacks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_heads(&self) -> std::sync::MutexGuard<'_, HashMap<(ProjectName, DatabaseName, InstanceId), Position>> {

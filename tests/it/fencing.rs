@@ -53,6 +53,7 @@ async fn play(race: Arc<Race>, agent: usize, seed: u64) {
                 position: None,
                 min_generation: 1,
                 replica_url: String::new(),
+                rollback_to: None,
             };
             match c.acquire(req).await.map(|r| r.into_inner().outcome) {
                 Ok(Some(acquire_response::Outcome::Granted(g))) => break Some((g.generation, sent, Instant::now())),
@@ -194,6 +195,7 @@ fn refused(c: &Controller, token: &str, project: &str, database: &str, instance:
                     position: None,
                     min_generation: 1,
                     replica_url: String::new(),
+                    rollback_to: None,
                 })
                 .await
                 .map(|_| ()),

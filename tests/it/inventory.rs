@@ -476,3 +476,115 @@ fn retention_deletes_what_the_dry_run_listed_and_refuses_a_stale_agent() -> Resu
     assert_eq!(a.wait(T)?.code(), Some(0), "agent:\n{}", a.stderr());
     Ok(())
 }
+
+/// (id, ts) of every row: ts is the wall time of the commit, so rows written again after a
+/// rollback differ from the abandoned ones with the same id.
+fn rows(db: &Path) -> Result<Vec<(i64, f64)>> {
+    let conn = open_ro(db)?;
+    let mut stmt = conn.prepare("SELECT id, ts FROM items ORDER BY id")?;
+    let v = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    Ok(v)
+}
+
+#[test]
+fn live_rollback_restores_the_point_and_restarts_the_app() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let c = Controller::start_sqlite_with(Duration::from_secs(3), s3.env(), &["--scan-interval", "1h"])?;
+    let dir = tempfile::tempdir()?;
+    let token = c.create_project("alpha")?;
+    let mut live = start(&s3, &c, &token, "alpha", "app", dir.path(), &["--rate", "20"])?;
+    live.wait_http_ok("/readyz", T)?;
+    live.wait_metric("walfleet_lease_held", |v| v == 1.0, T)?;
+    let point = live.wait_metric("walfleet_durable_txid", |v| v >= 5.0, T)? as u64;
+    let old_generation = live.wait_metric("walfleet_generation", |v| v > 0.0, T)? as u64;
+    // The chosen point as a file, before anything is rolled back.
+    let at_point = dir.path().join("at-point.db");
+    c.cli_json(&["restore", "alpha/app", "--txid", &point.to_string(), "--output", utf8(&at_point)?])?;
+    let wanted = rows(&at_point)?;
+    assert!(!wanted.is_empty());
+    // The history goes on past the point (the "bad migration" to undo).
+    live.wait_metric("walfleet_durable_txid", |v| v >= point as f64 + 10.0, T)?;
+
+    // The dry run plans and changes nothing.
+    let plan = c.cli_json(&["restore", "alpha/app", "--txid", &point.to_string(), "--live", "--dry-run"])?;
+    assert_eq!(plan["txid"], point, "{plan:#}");
+    assert_eq!(plan["generation"], old_generation, "{plan:#}");
+    assert_eq!(live.wait_metric("walfleet_generation", |_| true, T)? as u64, old_generation);
+
+    let asked_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    let done = c.cli_json(&["restore", "alpha/app", "--txid", &point.to_string(), "--live"])?;
+    assert_eq!(done["ok"], true, "{done:#}\nagent:\n{}", live.stderr());
+    // The same process runs the app again, in a newer generation, holding the lease.
+    let new_generation = live.wait_metric("walfleet_generation", |v| v as u64 > old_generation, T)? as u64;
+    live.wait_http_ok("/readyz", T)?;
+    live.wait_metric("walfleet_lease_held", |v| v == 1.0, T)?;
+    live.wait_metric("walfleet_durable_txid", |v| v >= point as f64 + 5.0, T)?;
+    let db = dir.path().join("alpha-app.db");
+    assert!(std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("alpha-app.db.rolled-back-")));
+    live.sigterm()?;
+    assert_eq!(live.wait(T)?.code(), Some(0), "agent:\n{}", live.stderr());
+
+    // The live database: exactly the point, then rows the restarted app wrote after the ask.
+    let now = rows(&db)?;
+    assert_eq!(integrity_check(&db)?, "ok");
+    assert!(now.len() > wanted.len(), "the app wrote after the rollback");
+    assert_eq!(&now[..wanted.len()], &wanted[..], "the rolled-back database starts with the point, row for row");
+    assert!(now[wanted.len()..].iter().all(|(_, ts)| *ts >= asked_at), "rows past the point are new ones");
+    let last = wanted.last().map(|r| r.0).unwrap_or(0);
+    let printed = printed(&live);
+    assert!(printed.windows(2).any(|w| w[1] == last + 1 && w[0] > last), "the app restarted after id {last}: {printed:?}");
+
+    // The replica's latest point is the new lineage; its parent is the point.
+    let latest = dir.path().join("latest.db");
+    c.cli_json(&["restore", "alpha/app", "--output", utf8(&latest)?])?;
+    assert_eq!(rows(&latest)?, now);
+    let gens = c.cli_json(&["generations", "alpha/app"])?;
+    let g = gens
+        .as_array()
+        .and_then(|a| a.iter().find(|g| g["generation"].as_u64() == Some(new_generation)))
+        .context("new generation listed")?;
+    assert_eq!((g["parent"]["generation"].as_u64(), g["parent"]["txid"].as_u64()), (Some(old_generation), Some(point)), "{gens:#}");
+    // The generation rolled back from stays restorable, abandoned rows included.
+    let old = dir.path().join("old.db");
+    let old_url = s3.url(&format!("alpha/app/{old_generation:016x}"));
+    tests::process::expect_success("restore old generation", &restore(&s3.env(), &old_url, &old, &[])?);
+    let old_rows = rows(&old)?;
+    assert!(old_rows.len() > wanted.len(), "the old generation holds the rows past the point");
+    assert_eq!(&old_rows[..wanted.len()], &wanted[..]);
+    let abandoned = &old_rows[wanted.len()..];
+    assert!(now[wanted.len()..].iter().all(|r| !abandoned.contains(r)), "no abandoned row came back");
+
+    let events = kinds(&c, "alpha")?;
+    for kind in ["rollback_requested", "rolled_back", "restore_finished"] {
+        assert!(events.iter().any(|(k, _)| k == kind), "{kind} missing: {events:?}");
+    }
+    assert!(events.iter().any(|(k, m)| k == "restore_started" && m.contains("live rollback")), "{events:?}");
+
+    // Nobody runs the app now: a live rollback is refused and says why.
+    let refused = c.cli(&["restore", "alpha/app", "--txid", &point.to_string(), "--live"])?;
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("no instance holds its lease"), "{err}");
+    // And an agent may not start from another point than the head on its own.
+    let mut client = tests::controller::agent_client(&c.url(), &token)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let refused = rt.block_on(async {
+        tests::controller::register(&mut client, "alpha", "rogue", "run").await?;
+        client
+            .acquire(proto::v1::AcquireRequest {
+                project: "alpha".into(),
+                database: "app".into(),
+                instance_id: "rogue".into(),
+                rollback_to: Some(proto::v1::Position { generation: old_generation, txid: 2 }),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    });
+    let status = refused.expect_err("an acquire naming an unrequested point is refused");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("no rollback"), "{status:?}");
+    Ok(())
+}

@@ -17,7 +17,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
-use super::commands::{Handoff, Handoffs};
+use super::commands::{Command, Handoffs};
 use super::lease::{confirmed_until, position_from_wire, Lease, LeaseKind};
 use crate::config::ControlConfig;
 
@@ -101,7 +101,7 @@ pub(super) type Client = AgentServiceClient<InterceptedService<Channel, Bearer>>
 /// Answer to a renew, converted.
 #[derive(Debug)]
 pub enum RenewOutcome {
-    Renewed { ttl: Option<Duration>, handoffs: Vec<Handoff> },
+    Renewed { ttl: Option<Duration>, commands: Vec<Command> },
     Fenced { current: Generation, holder: Option<InstanceId> },
 }
 
@@ -118,7 +118,7 @@ pub struct Control {
     instance: InstanceId,
     lease_wait: Duration,
     errors: Arc<AtomicU64>,
-    /// Handoff commands from renews and from the command stream meet here.
+    /// Stop commands (handoff, rollback) from renews and from the command stream meet here.
     pub handoffs: Handoffs,
     /// From Register: used where a grant leaves them out.
     ttl: Duration,
@@ -310,6 +310,7 @@ impl Control {
         position: Option<Position>,
         min_generation: Generation,
         replica_url: &str,
+        rollback_to: Option<Position>,
         stop: &CancellationToken,
     ) -> Result<Lease, ControlError> {
         let started = Instant::now();
@@ -321,6 +322,7 @@ impl Control {
             position: position.map(|p| proto::v1::Position { generation: p.generation.0, txid: p.txid.0 }),
             min_generation: min_generation.0,
             replica_url: replica_url.to_string(),
+            rollback_to: rollback_to.map(|p| proto::v1::Position { generation: p.generation.0, txid: p.txid.0 }),
         };
         let mut told = false;
         loop {
@@ -417,7 +419,7 @@ impl Control {
         match resp.outcome {
             Some(renew_response::Outcome::Renewed(r)) => Ok(RenewOutcome::Renewed {
                 ttl: (r.lease_ttl_ms > 0).then(|| Duration::from_millis(r.lease_ttl_ms)),
-                handoffs: r.commands.into_iter().filter_map(Handoff::from_wire).collect(),
+                commands: r.commands.into_iter().filter_map(Command::from_wire).collect(),
             }),
             Some(renew_response::Outcome::Fenced(f)) => Ok(RenewOutcome::Fenced {
                 current: Generation(f.current_generation),

@@ -1,11 +1,12 @@
 //! Commands from the controller. They arrive twice, on the renew answer and on the command
-//! stream (whichever is first); both feed `Handoffs`, which acts on a handoff once.
+//! stream (whichever is first); both feed `Handoffs`, which acts on the first stop command
+//! (a handoff or a live rollback) of a database once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::model::{DatabaseName, InstanceId};
+use proto::model::{DatabaseName, Generation, InstanceId, Position, Txid};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -19,16 +20,56 @@ pub struct Handoff {
     pub newcomer_host: String,
 }
 
-impl Handoff {
+/// An admin asked to roll `database` back to `point`: stop the app, seal and release,
+/// restore the point, continue in a new generation from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollback {
+    pub database: DatabaseName,
+    pub point: Position,
+    pub restore_id: i64,
+}
+
+/// A command that stops a database's writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Handoff(Handoff),
+    Rollback(Rollback),
+}
+
+impl Command {
     /// Validates a wire command; anything malformed or unknown is dropped with a warning.
-    pub fn from_wire(c: proto::v1::Command) -> Option<Handoff> {
-        let Some(proto::v1::command::Kind::Handoff(h)) = c.kind else { return None };
-        match (c.database.parse(), h.newcomer_instance_id.parse()) {
-            (Ok(database), Ok(newcomer)) => Some(Handoff { database, newcomer, newcomer_host: h.newcomer_host }),
-            _ => {
-                warn!(db = %c.database, newcomer = %h.newcomer_instance_id, "ignored a malformed handoff command");
-                None
+    pub fn from_wire(c: proto::v1::Command) -> Option<Command> {
+        match c.kind {
+            Some(proto::v1::command::Kind::Handoff(h)) => match (c.database.parse(), h.newcomer_instance_id.parse()) {
+                (Ok(database), Ok(newcomer)) => {
+                    Some(Command::Handoff(Handoff { database, newcomer, newcomer_host: h.newcomer_host }))
+                }
+                _ => {
+                    warn!(db = %c.database, newcomer = %h.newcomer_instance_id, "ignored a malformed handoff command");
+                    None
+                }
+            },
+            Some(proto::v1::command::Kind::Rollback(r)) => {
+                match (c.database.parse::<DatabaseName>(), r.point.filter(|p| p.generation > 0 && p.txid > 0)) {
+                    (Ok(database), Some(p)) => Some(Command::Rollback(Rollback {
+                        database,
+                        point: Position { generation: Generation(p.generation), txid: Txid(p.txid) },
+                        restore_id: r.restore_id,
+                    })),
+                    _ => {
+                        warn!(db = %c.database, "ignored a malformed rollback command");
+                        None
+                    }
+                }
             }
+            None => None,
+        }
+    }
+
+    fn database(&self) -> &DatabaseName {
+        match self {
+            Command::Handoff(h) => &h.database,
+            Command::Rollback(r) => &r.database,
         }
     }
 }
@@ -37,10 +78,11 @@ impl Handoff {
 struct Slot {
     /// Cancelled to stop writing: the app's stop in run mode, the database's own in replicate.
     trigger: Option<CancellationToken>,
-    handoff: Option<Handoff>,
+    /// The first stop command; later ones are ignored until the database starts again.
+    command: Option<Command>,
 }
 
-/// Per database: what to stop on a handoff, and the handoff once one came.
+/// Per database: what to stop on a handoff or rollback, and the command once one came.
 #[derive(Default)]
 pub struct Handoffs {
     slots: Mutex<HashMap<DatabaseName, Slot>>,
@@ -51,30 +93,49 @@ impl Handoffs {
     pub fn watch(&self, database: &DatabaseName, trigger: CancellationToken) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = slots.entry(database.clone()).or_default();
-        if slot.handoff.is_some() {
+        if slot.command.is_some() {
             trigger.cancel();
         }
         slot.trigger = Some(trigger);
     }
 
-    /// Acts on a handoff the first time it is delivered; repeats are ignored.
-    pub fn deliver(&self, h: Handoff) {
+    /// Acts on a stop command the first time one is delivered; repeats are ignored.
+    pub fn deliver(&self, c: Command) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots.entry(h.database.clone()).or_default();
-        if slot.handoff.is_some() {
+        let slot = slots.entry(c.database().clone()).or_default();
+        if slot.command.is_some() {
             return;
         }
-        info!(db = %h.database, newcomer = %h.newcomer, newcomer_host = %h.newcomer_host,
-            "handoff requested: stopping, sealing the generation and releasing the lease");
+        match &c {
+            Command::Handoff(h) => info!(db = %h.database, newcomer = %h.newcomer, newcomer_host = %h.newcomer_host,
+                "handoff requested: stopping, sealing the generation and releasing the lease"),
+            Command::Rollback(r) => info!(db = %r.database, generation = r.point.generation.0, txid = r.point.txid.0,
+                restore = r.restore_id, "rollback requested: stopping the app, sealing the generation, then restoring"),
+        }
         if let Some(t) = &slot.trigger {
             t.cancel();
         }
-        slot.handoff = Some(h);
+        slot.command = Some(c);
     }
 
     /// The handoff of `database`, if one came.
     pub fn requested(&self, database: &DatabaseName) -> Option<Handoff> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(database).and_then(|s| s.handoff.clone())
+        match self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(database).and_then(|s| s.command.clone()) {
+            Some(Command::Handoff(h)) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// Rollbacks that came, in no particular order.
+    pub fn rollbacks(&self) -> Vec<Rollback> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .values()
+            .filter_map(|s| match &s.command {
+                Some(Command::Rollback(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -111,8 +172,8 @@ impl CommandStream {
                         };
                         match msg {
                             Ok(Some(cmd)) => {
-                                if let Some(h) = Handoff::from_wire(cmd) {
-                                    c.handoffs.deliver(h);
+                                if let Some(cmd) = Command::from_wire(cmd) {
+                                    c.handoffs.deliver(cmd);
                                 }
                             }
                             Ok(None) => break "the controller closed it".to_string(),
@@ -142,8 +203,12 @@ impl CommandStream {
 mod tests {
     use super::*;
 
-    fn handoff(db: &str, to: &str) -> Handoff {
-        Handoff { database: db.parse().expect("db"), newcomer: to.parse().expect("id"), newcomer_host: "h".into() }
+    fn handoff(db: &str, to: &str) -> Command {
+        Command::Handoff(Handoff {
+            database: db.parse().expect("db"),
+            newcomer: to.parse().expect("id"),
+            newcomer_host: "h".into(),
+        })
     }
 
     #[test]
@@ -174,9 +239,42 @@ mod tests {
                 newcomer_host: String::new(),
             })),
         };
-        assert!(Handoff::from_wire(wire("app", "abc")).is_some());
-        assert!(Handoff::from_wire(wire("../app", "abc")).is_none());
-        assert!(Handoff::from_wire(wire("app", "a/b")).is_none());
-        assert!(Handoff::from_wire(proto::v1::Command { database: "app".into(), kind: None }).is_none());
+        assert!(Command::from_wire(wire("app", "abc")).is_some());
+        assert!(Command::from_wire(wire("../app", "abc")).is_none());
+        assert!(Command::from_wire(wire("app", "a/b")).is_none());
+        assert!(Command::from_wire(proto::v1::Command { database: "app".into(), kind: None }).is_none());
+        let rollback = |db: &str, g: u64, t: u64| proto::v1::Command {
+            database: db.into(),
+            kind: Some(proto::v1::command::Kind::Rollback(proto::v1::Rollback {
+                point: Some(proto::v1::Position { generation: g, txid: t }),
+                restore_id: 7,
+            })),
+        };
+        assert_eq!(
+            Command::from_wire(rollback("app", 3, 9)),
+            Some(Command::Rollback(Rollback {
+                database: "app".parse().expect("db"),
+                point: Position { generation: Generation(3), txid: Txid(9) },
+                restore_id: 7
+            }))
+        );
+        assert!(Command::from_wire(rollback("app", 0, 9)).is_none());
+        assert!(Command::from_wire(rollback("app", 3, 0)).is_none());
+        assert!(Command::from_wire(rollback("a..b/", 3, 9)).is_none());
+    }
+
+    #[test]
+    fn a_rollback_stops_the_database_and_is_listed_once() {
+        let h = Handoffs::default();
+        let db: DatabaseName = "app".parse().expect("db");
+        let t = CancellationToken::new();
+        h.watch(&db, t.clone());
+        let r = Rollback { database: db.clone(), point: Position { generation: Generation(2), txid: Txid(5) }, restore_id: 1 };
+        h.deliver(Command::Rollback(r.clone()));
+        assert!(t.is_cancelled());
+        // A later handoff does not replace it, and a rollback is not a handoff.
+        h.deliver(handoff("app", "aaaa"));
+        assert_eq!(h.rollbacks(), vec![r]);
+        assert!(h.requested(&db).is_none());
     }
 }

@@ -234,7 +234,7 @@ impl LeaseKeeper {
                     // A forked instance renews only to report; it is never the holder, and the
                     // fence it is answered with is expected.
                     Ok(_) if forked => {}
-                    Ok(RenewOutcome::Renewed { ttl: granted, handoffs }) => {
+                    Ok(RenewOutcome::Renewed { ttl: granted, commands }) => {
                         if let Some(t) = granted {
                             ttl = *t;
                         }
@@ -245,8 +245,8 @@ impl LeaseKeeper {
                                 info!(db = %self.database, generation = self.lease.generation.0, "lease confirmed again");
                             }
                         }
-                        for h in handoffs {
-                            self.control.handoffs.deliver(h.clone());
+                        for c in commands {
+                            self.control.handoffs.deliver(c.clone());
                         }
                     }
                     Ok(RenewOutcome::Fenced { current, holder }) => {

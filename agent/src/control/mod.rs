@@ -13,7 +13,7 @@ mod lease;
 mod retention;
 
 pub use client::{human, Control, ControlError, Mode, RenewOutcome};
-pub use commands::{CommandStream, Handoff, Handoffs};
+pub use commands::{Command, CommandStream, Handoff, Handoffs, Rollback};
 pub use lease::{
     at_head, confirmed_until, local_position, margin, report, Lease, LeaseKeeper, LeaseKind, LeaseState, LeaseStatus,
 };

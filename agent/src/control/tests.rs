@@ -260,6 +260,7 @@ fn options(mode: super::Mode) -> StartOptions {
         mode,
         app_stop: None,
         release_timeout: Duration::from_secs(2),
+        rollback: None,
     }
 }
 

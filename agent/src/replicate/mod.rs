@@ -45,6 +45,9 @@ pub struct ReplicateOptions {
     /// The generation to write, issued by the controller; without one the next number after
     /// the highest under the root is taken.
     pub generation: Option<Generation>,
+    /// A live rollback's point: the new generation continues from this generation and
+    /// transaction (which the local database was restored to) instead of the newest history.
+    pub parent_at: Option<proto::model::Position>,
 }
 
 impl Default for ReplicateOptions {
@@ -59,6 +62,7 @@ impl Default for ReplicateOptions {
             instance: new_instance_id(),
             platform: None,
             generation: None,
+            parent_at: None,
         }
     }
 }
@@ -475,8 +479,18 @@ impl DbReplicator {
         let conditional = store.probe_conditional_writes(".walfleet-probe").await.context("probe object store")?;
         let top = store.list("", Some("/")).await.context("list replica root")?;
         let gens = layout::generations(&top);
-        // The newest position on record: the newest generation with any history.
-        let latest = restore::newest_history(store, &gens).await?;
+        // The newest position on record: the newest generation with any history (or the
+        // point a rollback restored).
+        let latest = match self.opts.parent_at {
+            Some(p) => {
+                let files = restore::list_generation(store, &layout::generation_prefix(p.generation)).await?;
+                if restore::plan::latest(&files).is_none_or(|t| t < p.txid) {
+                    bail!("rollback point generation {} transaction {} is not in the replica", p.generation.0, p.txid.0);
+                }
+                Some((p.generation, p.txid, files))
+            }
+            None => restore::newest_history(store, &gens).await?,
+        };
         // A database without a single page yet has nothing to replicate: wait for the app.
         let scan = loop {
             let scan = blocking(cap, |c| c.scan()).await?;

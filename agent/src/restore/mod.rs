@@ -23,6 +23,9 @@ pub enum Target {
     Latest,
     Txid(Txid),
     Timestamp(DateTime<Utc>),
+    /// Exactly this transaction of this generation (a rollback's chosen point), without
+    /// walking the lineage.
+    At(Generation, Txid),
 }
 
 /// What a replica URL points at.
@@ -100,6 +103,16 @@ pub async fn choose(store: &ObjectStore, target: Target) -> Result<Chosen> {
         }
         Source::Root(gens) => gens,
     };
+    if let Target::At(g, txid) = target {
+        if !gens.contains(&g) {
+            bail!("generation {g} does not exist under {}", store.describe());
+        }
+        let base = layout::generation_prefix(g);
+        let files = list_generation(store, &base).await?;
+        let plan = plan::plan(&base, &files, Some(txid))
+            .with_context(|| format!("transaction {} of generation {g} is not restorable", txid.0))?;
+        return Ok(Chosen { base, generation: Some(g), plan });
+    }
     // Walk back along the lineage of the newest generation that has any history.
     let mut next: Option<Generation> = gens.last().copied();
     let mut last_err: Option<anyhow::Error> = None;
@@ -139,7 +152,7 @@ pub async fn choose(store: &ObjectStore, target: Target) -> Result<Chosen> {
 async fn plan_for(store: &ObjectStore, base: &str, files: &[LtxObject], target: Target) -> Result<Vec<LtxObject>> {
     let txid = match target {
         Target::Latest => None,
-        Target::Txid(t) => Some(t),
+        Target::Txid(t) | Target::At(_, t) => Some(t),
         Target::Timestamp(ts) => Some(txid_at(store, files, ts).await?),
     };
     Ok(plan::plan(base, files, txid)?)
@@ -236,7 +249,9 @@ pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<R
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         std::fs::File::open(dir).and_then(|d| d.sync_all()).context("fsync output directory")?;
     }
-    if let (Some(url), Some(g), Target::Latest) = (&opts.replica_url, chosen.generation, opts.target) {
+    // The notes that let an agent continue this history: the latest point, or a rollback's.
+    let continues = matches!(opts.target, Target::Latest | Target::At(..));
+    if let (Some(url), Some(g), true) = (&opts.replica_url, chosen.generation, continues) {
         let st = crate::replicate::state::LocalState {
             replica: url.clone(),
             generation: g,

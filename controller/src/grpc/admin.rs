@@ -492,6 +492,35 @@ impl AdminService for AdminApi {
         Ok(Response::new(v1::EndRestoreResponse {}))
     }
 
+    async fn rollback(&self, req: Request<v1::RollbackRequest>) -> Result<Response<v1::RollbackResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let r = req.get_ref();
+        let (p, d) = self.existing(&r.project, &r.database).await?;
+        let point = super::position(r.point.as_ref())
+            .ok_or_else(|| ApiError::InvalidArgument("a rollback needs a point: generation and transaction".into()))?;
+        let (instance, generation) =
+            self.leases.request_rollback(&p, &d, point, r.restore_id, &who).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::RollbackResponse { instance_id: instance.to_string(), generation: generation.0 }))
+    }
+
+    async fn get_rollback(
+        &self,
+        req: Request<v1::GetRollbackRequest>,
+    ) -> Result<Response<v1::GetRollbackResponse>, Status> {
+        self.admin(&req).await?;
+        let r = req.get_ref();
+        let (p, d) = self.existing(&r.project, &r.database).await?;
+        let note = self.leases.rollback_note(&p, &d).await.map_err(ApiError::from)?;
+        Ok(Response::new(match note.filter(|n| n.restore_id == r.restore_id) {
+            Some(n) => v1::GetRollbackResponse {
+                state: n.state,
+                generation: n.new_generation,
+                instance_id: n.new_instance,
+            },
+            None => v1::GetRollbackResponse::default(),
+        }))
+    }
+
     async fn set_policy(&self, req: Request<v1::SetPolicyRequest>) -> Result<Response<v1::SetPolicyResponse>, Status> {
         self.admin(&req).await?;
         let r = req.get_ref();

@@ -54,6 +54,10 @@ fn wire_command(c: Command) -> v1::Command {
                 newcomer_host,
             })),
         },
+        Command::Rollback { database, point, restore_id } => v1::Command {
+            database: database.to_string(),
+            kind: Some(v1::command::Kind::Rollback(v1::Rollback { point: wire_position(Some(point)), restore_id })),
+        },
     }
 }
 
@@ -91,7 +95,8 @@ impl AgentService for AgentApi {
         let project = self.authorize(&req, &r.project).await?;
         let (db, id) = (database(&r.database)?, instance(&r.instance_id)?);
         let min = Generation(r.min_generation);
-        let out = self.leases.acquire(&project, &db, &id, min).await.map_err(ApiError::from)?;
+        let rollback_to = position(r.rollback_to.as_ref());
+        let out = self.leases.acquire(&project, &db, &id, min, rollback_to).await.map_err(ApiError::from)?;
         if let Err(e) = self.inventory.remember_replica(&project, &db, &r.replica_url).await {
             tracing::warn!(%project, database = %db, error = %e, "record replica URL failed");
         }

@@ -74,6 +74,7 @@ impl From<LeaseError> for ApiError {
             LeaseError::NotRegistered(_) => ApiError::FailedPrecondition(e.to_string()),
             LeaseError::WrongProject { .. } => ApiError::PermissionDenied(e.to_string()),
             LeaseError::NoDatabase { .. } => ApiError::NotFound(e.to_string()),
+            LeaseError::Rollback(_) => ApiError::FailedPrecondition(e.to_string()),
             LeaseError::Store(s) => s.into(),
         }
     }
