@@ -127,9 +127,14 @@ fn database_json(d: &v1::DatabaseInfo) -> Value {
 /// Where `walfleet restore` puts the database.
 enum Into {
     File(std::path::PathBuf),
-    Clone { target: String, replica: Option<String> },
+    Clone {
+        target: String,
+        replica: Option<String>,
+    },
     /// Roll the running app back to the point (its agent restores it).
-    Live { wait: std::time::Duration },
+    Live {
+        wait: std::time::Duration,
+    },
     Nowhere,
 }
 
@@ -157,6 +162,7 @@ async fn restore(
         Target::Latest => "the latest point".to_string(),
         Target::Txid(n) => format!("transaction {}", n.0),
         Target::Timestamp(ts) => format!("time {}", ts.to_rfc3339()),
+        Target::At(g, n) => format!("generation {} transaction {}", g.0, n.0),
     };
     let destination = match &to {
         Into::File(p) => format!("file {}", p.display()),
@@ -191,7 +197,8 @@ async fn restore(
     );
     if let (Into::Live { wait }, false) = (&to, dry_run) {
         let result = rollback(&mut cl, &store, (&project, &database), point, begun.restore_id, *wait).await;
-        return end_restore(&mut cl, t, (project, database), begun.restore_id, &destination, &point_text, result, c).await;
+        return end_restore(&mut cl, t, (project, database), begun.restore_id, &destination, &point_text, result, c)
+            .await;
     }
     if dry_run {
         let chosen = restore::choose(&store, point).await?;
@@ -265,7 +272,8 @@ async fn end_restore(
         Ok(m) => (true, m),
         Err(e) => (false, format!("restore of {point_text} to {destination} failed: {e:#}")),
     };
-    let audit = cl.end_restore(v1::EndRestoreRequest { project, database, restore_id, ok, message: message.clone() }).await;
+    let audit =
+        cl.end_restore(v1::EndRestoreRequest { project, database, restore_id, ok, message: message.clone() }).await;
     if let Err(e) = audit {
         eprintln!("warning: the controller did not record the end of the restore: {}", e.message());
     }

@@ -52,9 +52,17 @@ pub use rollback::{RollbackNote, ROLLBACK};
 /// A command for one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Handoff { database: DatabaseName, newcomer: InstanceId, newcomer_host: String },
+    Handoff {
+        database: DatabaseName,
+        newcomer: InstanceId,
+        newcomer_host: String,
+    },
     /// Stop the app, restore `point`, continue in a new generation from it.
-    Rollback { database: DatabaseName, point: Position, restore_id: i64 },
+    Rollback {
+        database: DatabaseName,
+        point: Position,
+        restore_id: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

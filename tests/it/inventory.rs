@@ -525,6 +525,14 @@ fn live_rollback_restores_the_point_and_restarts_the_app() -> Result<()> {
         .any(|e| e.file_name().to_string_lossy().starts_with("alpha-app.db.rolled-back-")));
     live.sigterm()?;
     assert_eq!(live.wait(T)?.code(), Some(0), "agent:\n{}", live.stderr());
+    // The app's downtime, from the agent's own log (shown with --no-capture).
+    for l in live
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("rollback requested") || l.contains("app started") || l.contains("rolled back"))
+    {
+        eprintln!("{l}");
+    }
 
     // The live database: exactly the point, then rows the restarted app wrote after the ask.
     let now = rows(&db)?;
@@ -534,7 +542,10 @@ fn live_rollback_restores_the_point_and_restarts_the_app() -> Result<()> {
     assert!(now[wanted.len()..].iter().all(|(_, ts)| *ts >= asked_at), "rows past the point are new ones");
     let last = wanted.last().map(|r| r.0).unwrap_or(0);
     let printed = printed(&live);
-    assert!(printed.windows(2).any(|w| w[1] == last + 1 && w[0] > last), "the app restarted after id {last}: {printed:?}");
+    assert!(
+        printed.windows(2).any(|w| w[1] == last + 1 && w[0] > last),
+        "the app restarted after id {last}: {printed:?}"
+    );
 
     // The replica's latest point is the new lineage; its parent is the point.
     let latest = dir.path().join("latest.db");
@@ -545,7 +556,11 @@ fn live_rollback_restores_the_point_and_restarts_the_app() -> Result<()> {
         .as_array()
         .and_then(|a| a.iter().find(|g| g["generation"].as_u64() == Some(new_generation)))
         .context("new generation listed")?;
-    assert_eq!((g["parent"]["generation"].as_u64(), g["parent"]["txid"].as_u64()), (Some(old_generation), Some(point)), "{gens:#}");
+    assert_eq!(
+        (g["parent"]["generation"].as_u64(), g["parent"]["txid"].as_u64()),
+        (Some(old_generation), Some(point)),
+        "{gens:#}"
+    );
     // The generation rolled back from stays restorable, abandoned rows included.
     let old = dir.path().join("old.db");
     let old_url = s3.url(&format!("alpha/app/{old_generation:016x}"));
@@ -568,9 +583,10 @@ fn live_rollback_restores_the_point_and_restarts_the_app() -> Result<()> {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("no instance holds its lease"), "{err}");
     // And an agent may not start from another point than the head on its own.
-    let mut client = tests::controller::agent_client(&c.url(), &token)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let refused = rt.block_on(async {
+        let mut client =
+            tests::controller::agent_client(&c.url(), &token).map_err(|e| tonic::Status::internal(e.to_string()))?;
         tests::controller::register(&mut client, "alpha", "rogue", "run").await?;
         client
             .acquire(proto::v1::AcquireRequest {

@@ -269,7 +269,11 @@ mod tests {
         let db: DatabaseName = "app".parse().expect("db");
         let t = CancellationToken::new();
         h.watch(&db, t.clone());
-        let r = Rollback { database: db.clone(), point: Position { generation: Generation(2), txid: Txid(5) }, restore_id: 1 };
+        let r = Rollback {
+            database: db.clone(),
+            point: Position { generation: Generation(2), txid: Txid(5) },
+            restore_id: 1,
+        };
         h.deliver(Command::Rollback(r.clone()));
         assert!(t.is_cancelled());
         // A later handoff does not replace it, and a rollback is not a handoff.

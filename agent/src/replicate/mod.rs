@@ -485,7 +485,11 @@ impl DbReplicator {
             Some(p) => {
                 let files = restore::list_generation(store, &layout::generation_prefix(p.generation)).await?;
                 if restore::plan::latest(&files).is_none_or(|t| t < p.txid) {
-                    bail!("rollback point generation {} transaction {} is not in the replica", p.generation.0, p.txid.0);
+                    bail!(
+                        "rollback point generation {} transaction {} is not in the replica",
+                        p.generation.0,
+                        p.txid.0
+                    );
                 }
                 Some((p.generation, p.txid, files))
             }

@@ -512,11 +512,9 @@ impl AdminService for AdminApi {
         let (p, d) = self.existing(&r.project, &r.database).await?;
         let note = self.leases.rollback_note(&p, &d).await.map_err(ApiError::from)?;
         Ok(Response::new(match note.filter(|n| n.restore_id == r.restore_id) {
-            Some(n) => v1::GetRollbackResponse {
-                state: n.state,
-                generation: n.new_generation,
-                instance_id: n.new_instance,
-            },
+            Some(n) => {
+                v1::GetRollbackResponse { state: n.state, generation: n.new_generation, instance_id: n.new_instance }
+            }
             None => v1::GetRollbackResponse::default(),
         }))
     }

@@ -63,7 +63,8 @@ impl Leases {
         note: &RollbackNote,
     ) -> Result<(), LeaseError> {
         let body = serde_json::to_string(note).map_err(|e| LeaseError::Rollback(format!("encode note: {e}")))?;
-        let row = NoteRow { project: project.clone(), database: database.clone(), kind: ROLLBACK.into(), at: now_ms(), body };
+        let row =
+            NoteRow { project: project.clone(), database: database.clone(), kind: ROLLBACK.into(), at: now_ms(), body };
         Ok(self.store.put_note(&row).await?)
     }
 
