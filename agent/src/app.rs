@@ -86,7 +86,10 @@ pub async fn replicate(cfg: ReplicateConfig, stale_protection: bool, cancel: Can
 
 pub async fn restore_cmd(cfg: RestoreConfig) -> Result<i32> {
     let store = Arc::new(
-        ObjectStore::from_url(&cfg.replica_url).await.with_context(|| format!("open replica {}", cfg.replica_url))?,
+        ObjectStore::from_url(&cfg.replica_url)
+            .await
+            .with_context(|| format!("open replica {}", cfg.replica_url))?
+            .with_encryption(cfg.encryption_key.as_ref()),
     );
     let opts = RestoreOptions {
         output: cfg.output.clone(),

@@ -188,6 +188,8 @@ pub struct DbConfig {
     /// The name the controller knows it by (`name`, validated): set when a controller is
     /// configured.
     pub database: Option<DatabaseName>,
+    /// Client-side encryption of every object of this database (opt-in).
+    pub encryption_key: Option<crate::object_store::EncryptionKey>,
 }
 
 /// How to reach the controller, validated.
@@ -233,6 +235,16 @@ struct FileDb {
     replica: String,
     #[serde(default)]
     name: Option<String>,
+    /// 64 hex digits; `${VAR}` keeps it out of the file.
+    #[serde(default)]
+    encryption_key: Option<String>,
+}
+
+/// A key from a setting; the error names the setting, never the value.
+fn parse_key(setting: &str, v: Option<String>) -> Result<Option<crate::object_store::EncryptionKey>> {
+    v.filter(|s| !s.trim().is_empty())
+        .map(|s| s.parse().map_err(|e: String| anyhow::anyhow!("{setting}: {e}")))
+        .transpose()
 }
 
 /// Everything `replicate` needs.
@@ -316,11 +328,16 @@ impl ReplicateArgs {
             for d in fc.databases {
                 validate_url(&d.replica)
                     .with_context(|| format!("{}: database {}", file.display(), d.path.display()))?;
+                let encryption_key = parse_key(
+                    &format!("{}: database {}: encryption_key", file.display(), d.path.display()),
+                    d.encryption_key,
+                )?;
                 cfg.databases.push(DbConfig {
                     name: d.name.unwrap_or_else(|| default_name(&d.path)),
                     path: d.path,
                     replica_url: d.replica,
                     database: None,
+                    encryption_key,
                 });
             }
         }
@@ -330,7 +347,8 @@ impl ReplicateArgs {
             (Some(path), Some(url)) => {
                 validate_url(&url)?;
                 let name = self.name.clone().unwrap_or_else(|| default_name(&path));
-                cfg.databases.push(DbConfig { name, path, replica_url: url, database: None });
+                let encryption_key = parse_key("WALFLEET_ENCRYPTION_KEY", env("WALFLEET_ENCRYPTION_KEY"))?;
+                cfg.databases.push(DbConfig { name, path, replica_url: url, database: None, encryption_key });
             }
             (Some(p), None) if cfg.databases.is_empty() => {
                 bail!("no replica URL for {}: give one after the path or set WALFLEET_REPLICA_URL", p.display())
@@ -418,6 +436,7 @@ pub struct RestoreConfig {
     pub if_db_not_exists: bool,
     pub if_replica_exists: bool,
     pub integrity_check: bool,
+    pub encryption_key: Option<crate::object_store::EncryptionKey>,
 }
 
 impl RestoreArgs {
@@ -425,9 +444,15 @@ impl RestoreArgs {
         let (db, url) = split_positional(&self.positional)?;
         let db = db.or_else(|| env("WALFLEET_DB_PATH").map(PathBuf::from));
         let mut url = url.or_else(|| env("WALFLEET_REPLICA_URL"));
+        let mut encryption_key = parse_key("WALFLEET_ENCRYPTION_KEY", env("WALFLEET_ENCRYPTION_KEY"))?;
         if url.is_none() {
             if let (Some(file), Some(db)) = (&self.config, &db) {
-                url = load_file(file)?.databases.into_iter().find(|d| &d.path == db).map(|d| d.replica);
+                if let Some(d) = load_file(file)?.databases.into_iter().find(|d| &d.path == db) {
+                    url = Some(d.replica);
+                    if encryption_key.is_none() {
+                        encryption_key = parse_key(&format!("{}: encryption_key", file.display()), d.encryption_key)?;
+                    }
+                }
             }
         }
         let Some(url) = url else { bail!("no replica URL: give one, or set WALFLEET_REPLICA_URL") };
@@ -445,6 +470,7 @@ impl RestoreArgs {
             if_db_not_exists: self.if_db_not_exists,
             if_replica_exists: self.if_replica_exists,
             integrity_check: !self.no_integrity_check,
+            encryption_key,
         })
     }
 }
@@ -534,6 +560,7 @@ mod tests {
             path: PathBuf::from("/d/app.db"),
             replica_url: "file:///r".into(),
             database: None,
+            encryption_key: None,
         }]
     }
 

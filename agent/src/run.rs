@@ -83,7 +83,10 @@ pub async fn start_databases(
     let mut out = Vec::new();
     for db in &cfg.databases {
         let store = Arc::new(
-            ObjectStore::from_url(&db.replica_url).await.with_context(|| format!("open replica {}", db.replica_url))?,
+            ObjectStore::from_url(&db.replica_url)
+                .await
+                .with_context(|| format!("open replica {}", db.replica_url))?
+                .with_encryption(db.encryption_key.as_ref()),
         );
         registry.add_store(store.requests());
         let metrics = DbMetrics::new(&db.name);
@@ -473,7 +476,10 @@ async fn restore_point(cfg: &ReplicateConfig, r: &Rollback) -> Result<()> {
     };
     let started = Instant::now();
     let store = Arc::new(
-        ObjectStore::from_url(&db.replica_url).await.with_context(|| format!("open replica {}", db.replica_url))?,
+        ObjectStore::from_url(&db.replica_url)
+            .await
+            .with_context(|| format!("open replica {}", db.replica_url))?
+            .with_encryption(db.encryption_key.as_ref()),
     );
     let mut staged = db.path.as_os_str().to_owned();
     staged.push(format!(".rollback-{}", r.restore_id));

@@ -145,6 +145,7 @@ async fn restore(
     txid: Option<u64>,
     timestamp: Option<String>,
     dry_run: bool,
+    key: Option<agent::object_store::EncryptionKey>,
     c: &ClientArgs,
 ) -> Result<i32> {
     use agent::restore::{self, Target};
@@ -193,7 +194,10 @@ async fn restore(
         .into_inner();
     let url = begun.replica_url;
     let store = std::sync::Arc::new(
-        agent::object_store::ObjectStore::from_url(&url).await.with_context(|| format!("open replica {url}"))?,
+        agent::object_store::ObjectStore::from_url(&url)
+            .await
+            .with_context(|| format!("open replica {url}"))?
+            .with_encryption(key.as_ref()),
     );
     if let (Into::Live { wait }, false) = (&to, dry_run) {
         let result = rollback(&mut cl, &store, (&project, &database), point, begun.restore_id, *wait).await;
@@ -764,14 +768,33 @@ pub async fn run(cmd: Command) -> Result<i32> {
         Command::Retention { target: t, keep, clear, dry_run, client: c } => {
             return retention(&t, keep, clear, dry_run, &c).await;
         }
-        Command::Restore { target: t, output, into, live, wait, replica, txid, timestamp, dry_run, client: c } => {
+        Command::Restore {
+            target: t,
+            output,
+            into,
+            live,
+            wait,
+            encryption_key,
+            replica,
+            txid,
+            timestamp,
+            dry_run,
+            client: c,
+        } => {
+            let key = match encryption_key.filter(|k| !k.trim().is_empty()) {
+                Some(k) => Some(
+                    k.parse::<agent::object_store::EncryptionKey>()
+                        .map_err(|e| anyhow::anyhow!("--encryption-key / WALFLEET_ENCRYPTION_KEY: {e}"))?,
+                ),
+                None => None,
+            };
             let to = match (output, into) {
                 _ if live => Into::Live { wait },
                 (_, Some(into)) => Into::Clone { target: into, replica },
                 (Some(out), None) => Into::File(out),
                 (None, None) => Into::Nowhere,
             };
-            return restore(&t, to, txid, timestamp, dry_run, &c).await;
+            return restore(&t, to, txid, timestamp, dry_run, key, &c).await;
         }
         Command::Policy { target: t, policy, client: c } => {
             let (project, database) = target(&t)?;

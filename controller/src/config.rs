@@ -119,6 +119,9 @@ pub enum Command {
         /// How long --live waits for the agent to finish.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
         wait: std::time::Duration,
+        /// The database's client-side encryption key (64 hex digits), when its agent encrypts.
+        #[arg(long, env = "WALFLEET_ENCRYPTION_KEY", hide_env_values = true)]
+        encryption_key: Option<String>,
         /// The replica root of --into, when no agent of it has reported one.
         #[arg(long, requires = "into")]
         replica: Option<String>,

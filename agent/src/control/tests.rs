@@ -238,6 +238,7 @@ fn config(url: &str, token: &str, e: &Env, lease_wait: Duration) -> ReplicateCon
             path: e.db.clone(),
             replica_url: e.replica.clone(),
             database: Some("app".parse().expect("name")),
+            encryption_key: None,
         }],
         http_addr: "127.0.0.1:0".parse().expect("addr"),
         sync_interval: Duration::from_millis(100),

@@ -35,6 +35,10 @@ pub enum ObjectStoreError {
         source: io::Error,
     },
 
+    /// Client-side encryption refused the object (wrong key, damaged, not encrypted).
+    #[error(transparent)]
+    Crypt(#[from] super::encrypt::CryptError),
+
     #[error("invalid replica url: {0}")]
     InvalidUrl(String),
 
@@ -63,7 +67,8 @@ impl ObjectStoreError {
             | ObjectStoreError::PreconditionFailed { .. }
             | ObjectStoreError::Auth { .. }
             | ObjectStoreError::InvalidUrl(_)
-            | ObjectStoreError::InvalidKey { .. } => false,
+            | ObjectStoreError::InvalidKey { .. }
+            | ObjectStoreError::Crypt(_) => false,
         }
     }
 

@@ -7,6 +7,7 @@
 //!
 //! This is the only module that names `aws_sdk_s3`.
 
+mod encrypt;
 mod error;
 mod file;
 mod key;
@@ -25,6 +26,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+pub use encrypt::{CryptError, EncryptionKey};
 pub use error::ObjectStoreError;
 pub use file::FileStore;
 pub use key::{validate_key, validate_prefix};
@@ -47,6 +49,8 @@ pub const MULTIPART_MAX_IN_FLIGHT: usize = 2;
 pub enum ObjectStore {
     File(FileStore),
     S3(S3Store),
+    /// Another store whose object bodies are encrypted on this side (see `encrypt`).
+    Encrypted(Box<ObjectStore>, EncryptionKey),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,8 +194,25 @@ impl ObjectStore {
         }
     }
 
+    /// This store with client-side encryption of every object body under `key`.
+    pub fn encrypted(self, key: EncryptionKey) -> ObjectStore {
+        match self {
+            ObjectStore::Encrypted(inner, _) => ObjectStore::Encrypted(inner, key),
+            other => ObjectStore::Encrypted(Box::new(other), key),
+        }
+    }
+
+    /// With `key`, this store encrypted; without, as it is.
+    pub fn with_encryption(self, key: Option<&EncryptionKey>) -> ObjectStore {
+        match key {
+            Some(k) => self.encrypted(k.clone()),
+            None => self,
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
+            ObjectStore::Encrypted(inner, _) => inner.backend(),
             ObjectStore::File(_) => Backend::File,
             ObjectStore::S3(_) => Backend::S3,
         }
@@ -200,6 +221,7 @@ impl ObjectStore {
     /// The store's URL without secrets, for logs.
     pub fn describe(&self) -> String {
         match self {
+            ObjectStore::Encrypted(inner, _) => format!("{} (client-side encrypted)", inner.describe()),
             ObjectStore::File(store) => store.describe(),
             ObjectStore::S3(store) => store.describe(),
         }
@@ -209,6 +231,7 @@ impl ObjectStore {
     pub async fn put(&self, key: &str, body: Bytes, opts: &PutOptions) -> Result<Option<String>, ObjectStoreError> {
         validate_key(key)?;
         match self {
+            ObjectStore::Encrypted(inner, k) => Box::pin(inner.put(key, k.seal(&body), opts)).await,
             ObjectStore::File(store) => store.put(key, body, opts).await,
             ObjectStore::S3(store) => store.put(key, body, opts).await,
         }
@@ -229,6 +252,20 @@ impl ObjectStore {
     ) -> Result<Option<String>, ObjectStoreError> {
         validate_key(key)?;
         match self {
+            ObjectStore::Encrypted(inner, k) => {
+                let mut sealed = path.as_os_str().to_owned();
+                sealed.push(".sealed");
+                let sealed = std::path::PathBuf::from(sealed);
+                let (k, src, dst) = (k.clone(), path.to_path_buf(), sealed.clone());
+                let io = |source| ObjectStoreError::Io { op: "encrypt", key: key.to_string(), source };
+                tokio::task::spawn_blocking(move || k.seal_file(&src, &dst))
+                    .await
+                    .map_err(|e| io(std::io::Error::other(e)))?
+                    .map_err(io)?;
+                let res = Box::pin(inner.put_file(key, &sealed, opts)).await;
+                let _ = std::fs::remove_file(&sealed);
+                res
+            }
             ObjectStore::File(store) => store.put_file(key, path, opts).await,
             ObjectStore::S3(store) => store.put_file(key, path, opts).await,
         }
@@ -237,8 +274,9 @@ impl ObjectStore {
     pub async fn get(&self, key: &str) -> Result<Bytes, ObjectStoreError> {
         validate_key(key)?;
         match self {
-            ObjectStore::File(store) => store.get(key).await,
-            ObjectStore::S3(store) => store.get(key).await,
+            ObjectStore::Encrypted(inner, k) => Ok(k.open(key, &inner.sealed_get(key).await?)?),
+            ObjectStore::File(store) => refuse_sealed(key, store.get(key).await?),
+            ObjectStore::S3(store) => refuse_sealed(key, store.get(key).await?),
         }
     }
 
@@ -250,8 +288,52 @@ impl ObjectStore {
             return Ok(Bytes::new());
         }
         match self {
+            ObjectStore::Encrypted(inner, k) => {
+                use encrypt::{CHUNK, HEADER, SEALED_CHUNK};
+                let (first, last) = (offset / CHUNK as u64, (offset + len - 1) / CHUNK as u64);
+                let from = HEADER as u64 + first * SEALED_CHUNK as u64;
+                let to = HEADER as u64 + (last + 1) * SEALED_CHUNK as u64;
+                let (head, body) = if first == 0 {
+                    let all = inner.sealed_get_range(key, 0, to).await?;
+                    if !encrypt::is_encrypted(&all) || all.len() < HEADER {
+                        return Err(CryptError::NotEncrypted { key: key.to_string() }.into());
+                    }
+                    (all.slice(..HEADER), all.slice(HEADER..))
+                } else {
+                    let head = inner.sealed_get_range(key, 0, HEADER as u64).await?;
+                    if !encrypt::is_encrypted(&head) || head.len() < HEADER {
+                        return Err(CryptError::NotEncrypted { key: key.to_string() }.into());
+                    }
+                    (head, inner.sealed_get_range(key, from, to - from).await?)
+                };
+                if body.is_empty() {
+                    return Ok(Bytes::new());
+                }
+                Ok(k.open_range(key, &head[8..HEADER], first, &body, offset, len)?)
+            }
+            ObjectStore::File(store) => refuse_sealed(key, store.get_range(key, offset, len).await?),
+            ObjectStore::S3(store) => refuse_sealed(key, store.get_range(key, offset, len).await?),
+        }
+    }
+
+    /// The stored bytes of an encrypted store's object (its inner store: File or S3).
+    async fn sealed_get(&self, key: &str) -> Result<Bytes, ObjectStoreError> {
+        match self {
+            ObjectStore::File(store) => store.get(key).await,
+            ObjectStore::S3(store) => store.get(key).await,
+            ObjectStore::Encrypted(..) => {
+                Err(ObjectStoreError::InvalidKey { key: key.into(), reason: "nested encryption" })
+            }
+        }
+    }
+
+    async fn sealed_get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, ObjectStoreError> {
+        match self {
             ObjectStore::File(store) => store.get_range(key, offset, len).await,
             ObjectStore::S3(store) => store.get_range(key, offset, len).await,
+            ObjectStore::Encrypted(..) => {
+                Err(ObjectStoreError::InvalidKey { key: key.into(), reason: "nested encryption" })
+            }
         }
     }
 
@@ -263,6 +345,7 @@ impl ObjectStore {
     ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, ObjectStoreError> {
         validate_key(key)?;
         match self {
+            ObjectStore::Encrypted(inner, k) => Ok(k.open_stream(key, Box::pin(inner.get_stream(key)).await?)),
             ObjectStore::File(store) => store.get_stream(key).await,
             ObjectStore::S3(store) => store.get_stream(key).await,
         }
@@ -272,6 +355,7 @@ impl ObjectStore {
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectStoreError> {
         validate_key(key)?;
         match self {
+            ObjectStore::Encrypted(inner, _) => Box::pin(inner.head(key)).await,
             ObjectStore::File(store) => store.head(key).await,
             ObjectStore::S3(store) => store.head(key).await,
         }
@@ -289,6 +373,7 @@ impl ObjectStore {
             });
         }
         match self {
+            ObjectStore::Encrypted(inner, _) => Box::pin(inner.list(prefix, delimiter)).await,
             ObjectStore::File(store) => store.list(prefix, delimiter).await,
             ObjectStore::S3(store) => store.list(prefix, delimiter).await,
         }
@@ -303,6 +388,7 @@ impl ObjectStore {
             return Ok(());
         }
         match self {
+            ObjectStore::Encrypted(inner, _) => Box::pin(inner.delete_many(keys)).await,
             ObjectStore::File(store) => store.delete_many(keys).await,
             ObjectStore::S3(store) => store.delete_many(keys).await,
         }
@@ -314,6 +400,8 @@ impl ObjectStore {
         validate_key(src_key)?;
         validate_key(dst_key)?;
         match self {
+            // Ciphertext copies as it is: the object's key is not bound into it.
+            ObjectStore::Encrypted(inner, _) => Box::pin(inner.copy(src_key, dst_key, opts)).await,
             ObjectStore::File(store) => store.copy(src_key, dst_key, opts).await,
             ObjectStore::S3(store) => store.copy(src_key, dst_key, opts).await,
         }
@@ -344,10 +432,19 @@ impl ObjectStore {
 
     pub fn requests(&self) -> RequestCounts {
         match self {
+            ObjectStore::Encrypted(inner, _) => inner.requests(),
             ObjectStore::File(store) => store.requests(),
             ObjectStore::S3(store) => store.requests(),
         }
     }
+}
+
+/// A store without a key reading an encrypted object says so instead of handing ciphertext on.
+fn refuse_sealed(key: &str, body: Bytes) -> Result<Bytes, ObjectStoreError> {
+    if encrypt::is_encrypted(&body) {
+        return Err(CryptError::KeyRequired { key: key.to_string() }.into());
+    }
+    Ok(body)
 }
 
 impl fmt::Display for ObjectStore {

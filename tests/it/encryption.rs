@@ -1,0 +1,73 @@
+//! Client-side encryption: the object store holds only ciphertext; restores with the key
+//! equal the source; without it, or with a wrong one, they fail naming the object.
+
+use anyhow::{Context, Result};
+use std::time::Duration;
+use tests::sqlite::{integrity_check, open_ro};
+use tests::{restore, Agent, S3Server};
+
+const T: Duration = Duration::from_secs(60);
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+#[test]
+fn encrypted_replica_holds_no_plaintext_and_needs_its_key() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("app.db");
+    let url = s3.url("enc/app");
+    let mut env = s3.env();
+    env.push(("WALFLEET_ENCRYPTION_KEY".into(), KEY.into()));
+    env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    let argv = tests::apps::argv("writer.py", &db, &["--count", "40", "--rate", "50", "--value-size", "300"]);
+    let mut args = vec!["run", db.to_str().context("path")?, url.as_str(), "--"];
+    args.extend(argv.iter().map(String::as_str));
+    let mut a = Agent::start(&args, &env)?;
+    assert_eq!(a.wait(T)?.code(), Some(0), "agent:\n{}", a.stderr());
+    let printed: Vec<i64> = a.stdout().lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(printed.len(), 40);
+
+    // Every object the agent wrote is ciphertext: no SQLite header, no row text, no LTX magic.
+    let keys = s3.keys("enc/app/");
+    assert!(keys.iter().any(|k| k.ends_with(".ltx")) && keys.iter().any(|k| k.ends_with("manifest.json")), "{keys:?}");
+    for k in &keys {
+        let body = std::fs::read(s3.object_path(k))?;
+        assert!(body.starts_with(b"WFENC\x01"), "{k} is not sealed");
+        for needle in [&b"SQLite format 3"[..], b"key-1", b"LTX", b"\"generation\""] {
+            assert!(!body.windows(needle.len()).any(|w| w == needle), "{k} holds plaintext {needle:?}");
+        }
+    }
+
+    // With the key: equal to what the app committed.
+    let out = dir.path().join("restored.db");
+    let ok = restore(&env, &url, &out, &[])?;
+    tests::process::expect_success("restore with the key", &ok);
+    assert_eq!(integrity_check(&out)?, "ok");
+    let conn = open_ro(&out)?;
+    let ids: Vec<i64> = conn
+        .prepare("SELECT id FROM items ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    assert_eq!(ids, printed);
+
+    // Without a key, and with a wrong one: refused, naming the object; nothing is written.
+    let plain_env = s3.env();
+    let none = dir.path().join("no-key.db");
+    let r = restore(&plain_env, &url, &none, &[])?;
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("is encrypted by walfleet") && err.contains("manifest.json"), "{err}");
+    assert!(!none.exists());
+    let mut wrong_env = s3.env();
+    wrong_env.push(("WALFLEET_ENCRYPTION_KEY".into(), KEY.replace("00", "ff")));
+    let wrong = dir.path().join("wrong-key.db");
+    let r = restore(&wrong_env, &url, &wrong, &[])?;
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("wrong encryption key"), "{err}");
+    assert!(!wrong.exists());
+    // A malformed key is refused naming the setting, not echoing the value.
+    let mut bad_env = s3.env();
+    bad_env.push(("WALFLEET_ENCRYPTION_KEY".into(), "not-a-key".into()));
+    let r = restore(&bad_env, &url, &dir.path().join("bad.db"), &[])?;
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("WALFLEET_ENCRYPTION_KEY") && !err.contains("not-a-key"), "{err}");
+    Ok(())
+}
