@@ -411,14 +411,7 @@ impl Inventory {
         database: &DatabaseName,
         every_ms: u64,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(&DrillSchedule { every_ms }).unwrap_or_default();
-        let row = NoteRow {
-            project: project.clone(),
-            database: database.clone(),
-            kind: DRILL_SCHEDULE.into(),
-            at: now_ms(),
-            body,
-        };
+        let row = NoteRow::json(project, database, DRILL_SCHEDULE, now_ms(), &DrillSchedule { every_ms });
         self.store().put_note(&row).await
     }
 
@@ -540,14 +533,7 @@ impl Inventory {
         database: &DatabaseName,
         keep_ms: u64,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(&RetentionNote { keep_ms }).unwrap_or_default();
-        let row = NoteRow {
-            project: project.clone(),
-            database: database.clone(),
-            kind: RETENTION.into(),
-            at: now_ms(),
-            body,
-        };
+        let row = NoteRow::json(project, database, RETENTION, now_ms(), &RetentionNote { keep_ms });
         self.store().put_note(&row).await
     }
 
@@ -634,8 +620,7 @@ impl Inventory {
                 format!("restore drill {what} in {} ms: {}", d.duration_ms, d.message),
             )
             .await;
-        let body = serde_json::to_string(&d).unwrap_or_default();
-        let row = NoteRow { project: project.clone(), database: database.clone(), kind: DRILL.into(), at: d.at, body };
+        let row = NoteRow::json(project, database, DRILL, d.at, &d);
         self.store().put_note(&row).await?;
         Ok(d)
     }

@@ -62,10 +62,7 @@ impl Leases {
         database: &DatabaseName,
         note: &RollbackNote,
     ) -> Result<(), LeaseError> {
-        let body = serde_json::to_string(note).map_err(|e| LeaseError::Rollback(format!("encode note: {e}")))?;
-        let row =
-            NoteRow { project: project.clone(), database: database.clone(), kind: ROLLBACK.into(), at: now_ms(), body };
-        Ok(self.store.put_note(&row).await?)
+        Ok(self.store.put_note(&NoteRow::json(project, database, ROLLBACK, now_ms(), note)).await?)
     }
 
     /// Asks the current writer of `database` to roll back to `point`. Refused without a live

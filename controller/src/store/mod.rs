@@ -223,6 +223,25 @@ pub struct NoteRow {
     pub body: String,
 }
 
+impl NoteRow {
+    /// A note whose body is `value` as JSON.
+    pub fn json(
+        project: &ProjectName,
+        database: &DatabaseName,
+        kind: &str,
+        at: Millis,
+        value: &impl serde::Serialize,
+    ) -> NoteRow {
+        NoteRow {
+            project: project.clone(),
+            database: database.clone(),
+            kind: kind.to_string(),
+            at,
+            body: serde_json::to_string(value).unwrap_or_default(),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// "sqlite" or "postgres".
