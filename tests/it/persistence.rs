@@ -282,6 +282,41 @@ fn behind_the_agents_back() -> Result<()> {
 /// incremental history, so the snapshot holds exactly the database at its transaction; and a
 /// restarted agent's new generation gets its base from the snapshot.
 #[test]
+fn idle_database_still_gets_the_snapshot_it_is_owed() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let url = s3.url("owed/app");
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("app.db");
+    assert!(App::writer(&db, &["--count", "5", "--rate", "0"])?.finish(T)?.success());
+    let mut env = s3.env();
+    env.push(("WALFLEET_SNAPSHOT_INTERVAL".into(), "5s".into()));
+    let mut agent = replicate(&db, &url, &env)?;
+    agent.wait_metric("walfleet_snapshots_total", |v| v >= 1.0, T)?; // the generation's base
+                                                                     // Commits land right after the base snapshot, then the database goes idle: the next
+                                                                     // snapshot falls due while nothing is being written.
+    assert!(App::writer(&db, &["--count", "20", "--rate", "0"])?.finish(T)?.success());
+    let last = wait_shipped(&mut agent, Duration::from_millis(1500), T)?.durable_txid;
+    let covers = |s3: &S3Server| {
+        s3.keys("owed/app/")
+            .iter()
+            .filter_map(|k| tests::replica::parse_ltx_key(k))
+            .any(|(level, _, max)| level == 9 && max == last)
+    };
+    let start = std::time::Instant::now();
+    while !covers(&s3) {
+        assert!(start.elapsed() < T, "no snapshot of txid {last} while idle: {:?}", s3.keys("owed/app/"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once owed snapshot is taken, an idle database is not snapshotted again.
+    let taken = agent.metrics()?.select("walfleet_snapshots_total").unwrap_or(0.0);
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(agent.metrics()?.select("walfleet_snapshots_total").unwrap_or(0.0), taken, "snapshots while idle");
+    agent.sigterm()?;
+    assert!(agent.wait(T)?.success(), "agent exit:\n{}", agent.stderr());
+    Ok(())
+}
+
+#[test]
 fn periodic_snapshots_restore_the_same_database_as_the_history() -> Result<()> {
     let s3 = S3Server::new()?;
     let url = s3.url("snap/app");

@@ -148,13 +148,19 @@ impl DbReplicator {
         let mut backoff = Duration::from_millis(200);
         loop {
             let idle = session.spool.is_empty();
+            // A snapshot owed for the last durable transaction is taken even if no commit
+            // follows it; after that an idle database costs no requests.
+            let snapshot_owed = !self.opts.snapshot_interval.is_zero()
+                && session.durable > Txid::ZERO
+                && snapshotted != Some(session.durable)
+                && last_snapshot.elapsed() >= self.opts.snapshot_interval;
             watcher.resume();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = rx.recv() => watcher.pause(),
                 _ = tokio::time::sleep(if idle { Duration::from_secs(1) } else { backoff }) => {
                     let now = wal_stat(&self.db_path);
-                    if idle && now == last_wal_stat {
+                    if idle && now == last_wal_stat && !snapshot_owed {
                         continue;
                     }
                 }
