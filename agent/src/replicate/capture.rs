@@ -37,6 +37,9 @@ use crate::wal::{self, WalCursor, WalHeader};
 /// Most WAL bytes turned into one LTX file; larger backlogs take several.
 pub const MAX_CAPTURE_BYTES: u64 = 64 << 20;
 
+/// Most uncaptured WAL bytes a checkpoint captures while it holds the app's write lock.
+pub const CHECKPOINT_TAIL_BYTES: u64 = 1 << 20;
+
 /// One reading of the log: the file, its committed range and the database size it gives.
 struct LogState {
     wal: Option<(File, WalHeader)>,
@@ -75,9 +78,17 @@ pub struct Capture {
     db_file: File,
     wal_path: PathBuf,
     staging: PathBuf,
+    shm_path: PathBuf,
     pin: Connection,
+    /// Takes the next pin while `pin` still holds the log, then the two swap.
+    spare: Connection,
     writer: Connection,
     pinned: bool,
+    /// The `-shm` file, opened once and kept, for the same reason as `db_file`.
+    shm: Option<File>,
+    /// The log (salts) and the highest frame the pin's read mark can be at, read from the
+    /// wal-index just after the pin was taken.
+    pin_mark: Option<(u32, u32, u32)>,
     page_size: u32,
     pub txid: Txid,
     pub cursor: Option<WalCursor>,
@@ -103,18 +114,26 @@ impl Capture {
     pub fn open(db_path: &Path, staging: &Path) -> Result<Capture> {
         std::fs::create_dir_all(staging).with_context(|| format!("create {}", staging.display()))?;
         let pin = open(db_path)?;
+        let spare = open(db_path)?;
         let writer = open(db_path)?;
         let db_file = File::open(db_path).with_context(|| format!("open {}", db_path.display()))?;
         let page_size: u32 = pin.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let mut wal_path = db_path.as_os_str().to_owned();
-        wal_path.push("-wal");
+        let sibling = |suffix: &str| {
+            let mut p = db_path.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
         let mut c = Capture {
             db_file,
-            wal_path: PathBuf::from(wal_path),
+            wal_path: sibling("-wal"),
+            shm_path: sibling("-shm"),
             staging: staging.to_path_buf(),
             pin,
+            spare,
             writer,
             pinned: false,
+            pin_mark: None,
+            shm: None,
             page_size,
             txid: Txid::ZERO,
             cursor: None,
@@ -139,10 +158,48 @@ impl Capture {
             self.pin.execute_batch("COMMIT").context("end read transaction")?;
             self.pinned = false;
         }
-        self.pin.execute_batch("BEGIN").context("begin read transaction")?;
-        self.pin.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).context("pin wal")?;
+        begin_read(&self.pin)?;
         self.pinned = true;
+        self.pin_mark = self.wal_index()?.map(|i| (i.salt1, i.salt2, i.max_frame));
         Ok(())
+    }
+
+    fn wal_index(&mut self) -> Result<Option<wal::WalIndex>> {
+        if self.shm.is_none() {
+            match File::open(&self.shm_path) {
+                Ok(f) => self.shm = Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).with_context(|| format!("open {}", self.shm_path.display())),
+            }
+        }
+        let Some(f) = &self.shm else { return Ok(None) };
+        wal::read_wal_index(f).with_context(|| format!("read {}", self.shm_path.display()))
+    }
+
+    /// Moves the pin to the end of the log, ahead of what is captured, so the app's own
+    /// checkpoints can copy the log up to there (a pin left behind makes every one of the app's
+    /// auto-checkpoints re-sort the whole uncopied tail: per-commit work that grows with it).
+    ///
+    /// Frames past the capture cursor stay readable only while some pin keeps the log from
+    /// restarting. A read transaction does that unless SQLite gives it read-mark 0, which it
+    /// does only when checkpoints have copied the whole log. Checkpoints never copy past the
+    /// old pin's mark (or at all, if the old pin has mark 0), so once the log has grown past
+    /// the old mark, a pin taken while the old one is still held cannot get mark 0. Otherwise
+    /// the pin stays where it is. Returns whether it moved.
+    pub fn advance_pin(&mut self) -> Result<bool> {
+        let (Some((salt1, salt2, mark)), Some(now)) = (self.pin_mark, self.wal_index()?) else {
+            return Ok(false);
+        };
+        let grown = if (now.salt1, now.salt2) == (salt1, salt2) { now.max_frame > mark } else { now.max_frame > 0 };
+        if !grown || !self.pinned {
+            return Ok(false);
+        }
+        begin_read(&self.spare)?;
+        let mark = self.wal_index()?.map(|i| (i.salt1, i.salt2, i.max_frame));
+        std::mem::swap(&mut self.pin, &mut self.spare);
+        self.pin_mark = mark;
+        self.spare.execute_batch("COMMIT").context("end read transaction")?;
+        Ok(true)
     }
 
     fn wal(&self) -> Result<Option<(File, WalHeader)>> {
@@ -423,36 +480,45 @@ impl Capture {
     }
 
     /// PASSIVE checkpoint under the write lock, after everything committed was captured.
-    /// Returns false (and changes nothing) when the app holds the write lock right now or new
-    /// frames arrived: the caller tries again after the next capture.
-    ///
-    /// With `run_checkpoint` false it only moves the pin up to the end of the log, which lets
-    /// the app's own checkpoints backfill everything captured so far (and keeps the app's
-    /// autocheckpoint from re-scanning an ever longer unbackfilled tail on every commit).
-    pub fn checkpoint(&mut self, run_checkpoint: bool) -> Result<bool> {
+    /// Commits that arrived since the last capture (at most `CHECKPOINT_TAIL_BYTES` of them)
+    /// are captured first, while the write lock holds the log still: under steady writes there
+    /// is never a moment with nothing new, and without this the log would only ever grow.
+    /// Returns whether the checkpoint ran, and the tail's transaction if one was captured.
+    /// Nothing happens when the app holds the write lock right now or the tail is larger: the
+    /// caller tries again after the next capture.
+    pub fn checkpoint(&mut self) -> Result<(bool, Option<Captured>)> {
         if let Err(e) = self.writer.execute_batch("BEGIN IMMEDIATE") {
             if is_busy(&e) {
-                return Ok(false);
+                return Ok((false, None));
             }
             return Err(e).context("take write lock for checkpoint");
         }
-        let result = self.checkpoint_locked(run_checkpoint);
+        let result = self.checkpoint_locked();
         let _ = self.writer.execute_batch("ROLLBACK");
         result
     }
 
-    fn checkpoint_locked(&mut self, run_checkpoint: bool) -> Result<bool> {
-        let Some(cursor) = self.cursor else { return Ok(false) };
-        let Some((file, header)) = self.wal()? else { return Ok(false) };
+    fn checkpoint_locked(&mut self) -> Result<(bool, Option<Captured>)> {
+        let Some(cursor) = self.cursor else { return Ok((false, None)) };
+        let Some((file, header)) = self.wal()? else { return Ok((false, None)) };
         if header.salt1 != cursor.salt1 || header.salt2 != cursor.salt2 {
-            return Ok(false);
+            return Ok((false, None));
         }
+        let mut tail = None;
+        let pending = wal::committed_bytes_estimate(&file, &header, cursor).context("read wal")?;
+        if pending > CHECKPOINT_TAIL_BYTES {
+            return Ok((false, None));
+        }
+        if pending > 0 {
+            match self.capture()? {
+                Outcome::Captured(c) if !c.more => tail = Some(c),
+                Outcome::Captured(c) => return Ok((false, Some(c))),
+                Outcome::Idle | Outcome::Lost(_) => return Ok((false, None)),
+            }
+        }
+        let Some(cursor) = self.cursor else { return Ok((false, tail)) };
         if !wal::read_committed(&file, &header, cursor, 1)?.is_empty() {
-            return Ok(false);
-        }
-        if !run_checkpoint {
-            self.repin()?;
-            return Ok(true);
+            return Ok((false, tail));
         }
         self.pin.execute_batch("COMMIT").context("end read transaction")?;
         self.pinned = false;
@@ -465,7 +531,7 @@ impl Capture {
         if busy == 0 && log >= 0 && log == done {
             self.expected_restart = Expect::Restart { salt1: header.salt1, seq: header.checkpoint_seq };
         }
-        Ok(true)
+        Ok((true, tail))
     }
 }
 
@@ -499,6 +565,13 @@ pub enum Outcome {
     Idle,
     Captured(Captured),
     Lost(String),
+}
+
+/// Starts a read transaction and reads, so it holds a read mark on the log.
+fn begin_read(c: &Connection) -> Result<()> {
+    c.execute_batch("BEGIN").context("begin read transaction")?;
+    c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).context("pin wal")?;
+    Ok(())
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {

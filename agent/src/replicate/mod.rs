@@ -231,12 +231,22 @@ impl DbReplicator {
             }
             let due = since >= self.opts.checkpoint_bytes
                 || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
-            if due && blocking(&cap, |c| c.checkpoint(true)).await? {
+            let checkpointed = if due {
+                let (done, tail) = blocking(&cap, |c| c.checkpoint()).await?;
+                if let Some(c) = tail {
+                    self.captured(&mut session, c);
+                }
+                done
+            } else {
+                false
+            };
+            if checkpointed {
                 self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
                 last_checkpoint = Instant::now();
-            } else if since > 0 {
-                // Move the pin to what was just captured (see Capture::checkpoint).
-                blocking(&cap, |c| c.checkpoint(false)).await?;
+            } else {
+                // Let the app's own checkpoints copy the log up to its end (see
+                // Capture::advance_pin).
+                blocking(&cap, |c| c.advance_pin()).await?;
             }
         }
         self.shutdown(&cap, &mut session).await

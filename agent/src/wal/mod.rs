@@ -246,6 +246,43 @@ pub fn read_frame_page(file: &File, frame_offset: u64, buf: &mut [u8]) -> Result
     Ok(())
 }
 
+/// The parts of the wal-index header (the `-shm` file) that say where the log ends and how far
+/// checkpoints have copied it. The wal-index is in the machine's byte order; SQLite keeps two
+/// copies of its header and a reader trusts them only when they agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalIndex {
+    /// The last valid frame of the log (0 for an empty log).
+    pub max_frame: u32,
+    pub salt1: u32,
+    pub salt2: u32,
+    /// Frames already copied into the database file by checkpoints.
+    pub backfilled: u32,
+}
+
+/// Reads the wal-index header from the open `-shm` file; `Ok(None)` when it is not initialised
+/// or its two header copies kept disagreeing (a writer was updating it each time).
+///
+/// The caller keeps `file` open for as long as it holds SQLite connections: closing any
+/// descriptor of the `-shm` file drops every POSIX lock the process holds on it, and with
+/// them the read marks of its SQLite connections.
+pub fn read_wal_index(file: &File) -> Result<Option<WalIndex>, WalError> {
+    let mut b = [0u8; 100];
+    for _ in 0..64 {
+        if file.read_at(&mut b, 0)? < b.len() {
+            return Ok(None);
+        }
+        if b[..48] == b[48..96] {
+            if b[12] == 0 {
+                return Ok(None);
+            }
+            let u = |at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().expect("four bytes"));
+            return Ok(Some(WalIndex { max_frame: u(16), salt1: u(32), salt2: u(36), backfilled: u(96) }));
+        }
+        std::thread::yield_now();
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
