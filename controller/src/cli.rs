@@ -130,6 +130,9 @@ enum Into {
     Clone {
         target: String,
         replica: Option<String>,
+        /// Seals the clone's objects; an encrypted source's clone is never written in the clear
+        /// unless asked.
+        key: Option<agent::object_store::EncryptionKey>,
     },
     /// Roll the running app back to the point (its agent restores it).
     Live {
@@ -250,14 +253,23 @@ async fn restore(
             applied.files,
             applied.bytes
         );
-        if let (Some((p2, d2)), Into::Clone { replica, .. }) = (&into, &to) {
-            let g = clone_into(&mut cl, p2, d2, replica.clone(), &out, &format!("{t} at transaction {}", applied.txid.0)).await?;
+        if let (Some((p2, d2)), Into::Clone { replica, key, .. }) = (&into, &to) {
+            let source = format!("{t} at transaction {}", applied.txid.0);
+            let g = clone_into(&mut cl, (p2, d2), replica.clone(), key.as_ref(), &out, &source).await?;
             message.push_str(&format!("; {p2}/{d2} generation {} holds it", g.0));
         }
         Ok(message)
     }
     .await;
     end_restore(&mut cl, t, (project, database), begun.restore_id, &destination, &point_text, result, c).await
+}
+
+/// A client-side encryption key given on the command line or in the environment (blank: none).
+fn parse_key(name: &str, value: Option<String>) -> Result<Option<agent::object_store::EncryptionKey>> {
+    value
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| k.parse::<agent::object_store::EncryptionKey>().map_err(|e| anyhow::anyhow!("{name}: {e}")))
+        .transpose()
 }
 
 /// Records how an audited restore ended, and prints it.
@@ -350,9 +362,9 @@ async fn rollback(
 /// Writes the restored database at `db` as a new lineage of `p2/d2`.
 async fn clone_into(
     cl: &mut Client,
-    p2: &str,
-    d2: &str,
+    (p2, d2): (&str, &str),
     replica: Option<String>,
+    key: Option<&agent::object_store::EncryptionKey>,
     db: &std::path::Path,
     source: &str,
 ) -> Result<proto::model::Generation> {
@@ -389,7 +401,8 @@ async fn clone_into(
     let g = proto::model::Generation(begun.generation);
     let store = agent::object_store::ObjectStore::from_url(&begun.replica_url)
         .await
-        .with_context(|| format!("open replica {}", begun.replica_url))?;
+        .with_context(|| format!("open replica {}", begun.replica_url))?
+        .with_encryption(key);
     let writer = agent::manifest::Writer {
         instance: "clone".into(),
         host: agent::replicate::hostname(),
@@ -775,22 +788,18 @@ pub async fn run(cmd: Command) -> Result<i32> {
             live,
             wait,
             encryption_key,
+            into_encryption_key,
             replica,
             txid,
             timestamp,
             dry_run,
             client: c,
         } => {
-            let key = match encryption_key.filter(|k| !k.trim().is_empty()) {
-                Some(k) => Some(
-                    k.parse::<agent::object_store::EncryptionKey>()
-                        .map_err(|e| anyhow::anyhow!("--encryption-key / WALFLEET_ENCRYPTION_KEY: {e}"))?,
-                ),
-                None => None,
-            };
+            let key = parse_key("--encryption-key / WALFLEET_ENCRYPTION_KEY", encryption_key)?;
+            let into_key = parse_key("--into-encryption-key / WALFLEET_INTO_ENCRYPTION_KEY", into_encryption_key)?;
             let to = match (output, into) {
                 _ if live => Into::Live { wait },
-                (_, Some(into)) => Into::Clone { target: into, replica },
+                (_, Some(into)) => Into::Clone { target: into, replica, key: into_key.or_else(|| key.clone()) },
                 (Some(out), None) => Into::File(out),
                 (None, None) => Into::Nowhere,
             };

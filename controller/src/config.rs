@@ -122,6 +122,10 @@ pub enum Command {
         /// The database's client-side encryption key (64 hex digits), when its agent encrypts.
         #[arg(long, env = "WALFLEET_ENCRYPTION_KEY", hide_env_values = true)]
         encryption_key: Option<String>,
+        /// The clone's encryption key for --into (default: the source's key, so an encrypted
+        /// database is never cloned in the clear).
+        #[arg(long, env = "WALFLEET_INTO_ENCRYPTION_KEY", hide_env_values = true, requires = "into")]
+        into_encryption_key: Option<String>,
         /// The replica root of --into, when no agent of it has reported one.
         #[arg(long, requires = "into")]
         replica: Option<String>,
@@ -218,6 +222,11 @@ pub struct ServeArgs {
     /// is stalled (an event).
     #[arg(long, env = "WALFLEET_STALL_AFTER", default_value = "60s", value_parser = parse_duration)]
     pub stall_after: Duration,
+    /// Keys of databases whose agents encrypt, so drills can decrypt them: a file of
+    /// `PROJECT/DB = KEY` lines (64 hex digits; `#` starts a comment). Read at start; never
+    /// stored by the controller.
+    #[arg(long, env = "WALFLEET_DRILL_KEYS_FILE")]
+    pub drill_keys: Option<std::path::PathBuf>,
     /// Run a restore drill of every database this often (0: only on demand), unless the
     /// database has its own schedule (`walfleet drill PROJECT/DB --every D`).
     #[arg(long, env = "WALFLEET_DRILL_INTERVAL", default_value = "0s", value_parser = parse_duration)]

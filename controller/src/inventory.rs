@@ -286,11 +286,19 @@ pub struct Inventory {
     pub scan_every: Duration,
     pub stall_after: Duration,
     progress: Mutex<HashMap<(ProjectName, DatabaseName), Progress>>,
+    /// Client-side encryption keys by `project/database`, for drills.
+    keys: HashMap<String, agent::object_store::EncryptionKey>,
 }
 
 impl Inventory {
-    pub fn new(leases: Arc<Leases>, prices: Prices, scan_every: Duration, stall_after: Duration) -> Arc<Inventory> {
-        Arc::new(Inventory { leases, prices, scan_every, stall_after, progress: Mutex::default() })
+    pub fn new(
+        leases: Arc<Leases>,
+        prices: Prices,
+        scan_every: Duration,
+        stall_after: Duration,
+        keys: HashMap<String, agent::object_store::EncryptionKey>,
+    ) -> Arc<Inventory> {
+        Arc::new(Inventory { leases, prices, scan_every, stall_after, progress: Mutex::default(), keys })
     }
 
     fn store(&self) -> &Arc<dyn Store> {
@@ -574,7 +582,8 @@ impl Inventory {
                     Some(r) => agent::restore::Target::Txid(r.durable_txid),
                     None => agent::restore::Target::Latest,
                 };
-                match restore_scratch(&url, target).await {
+                let key = self.keys.get(&format!("{project}/{database}"));
+                match restore_scratch(&url, target, key).await {
                     Ok((generation, applied)) => {
                         d.generation = generation.map_or(0, |g| g.0);
                         d.txid = applied.txid.0;
@@ -629,9 +638,11 @@ impl Inventory {
 async fn restore_scratch(
     url: &str,
     target: agent::restore::Target,
+    key: Option<&agent::object_store::EncryptionKey>,
 ) -> anyhow::Result<(Option<Generation>, agent::restore::Applied)> {
     use anyhow::Context as _;
-    let store = Arc::new(ObjectStore::from_url(url).await.with_context(|| format!("open replica {url}"))?);
+    let store =
+        Arc::new(ObjectStore::from_url(url).await.with_context(|| format!("open replica {url}"))?.with_encryption(key));
     let dir = tempfile::tempdir().context("create scratch directory")?;
     let opts = agent::restore::RestoreOptions {
         output: dir.path().join("drill.db"),
@@ -647,9 +658,54 @@ async fn restore_scratch(
     }
 }
 
+/// Reads a drill keys file: `PROJECT/DB = KEY` lines, `#` comments, blank lines ignored.
+pub fn read_keys(path: &std::path::Path) -> anyhow::Result<HashMap<String, agent::object_store::EncryptionKey>> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read drill keys file {}", path.display()))?;
+    let mut keys = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = || format!("{} line {}", path.display(), n + 1);
+        let (name, key) = line.split_once('=').with_context(|| format!("{}: expected PROJECT/DB = KEY", at()))?;
+        let name = name.trim();
+        let (p, d) = name.split_once('/').with_context(|| format!("{}: {name:?} is not PROJECT/DB", at()))?;
+        p.parse::<ProjectName>().map_err(|e| anyhow::anyhow!("{}: project {p:?}: {e}", at()))?;
+        d.parse::<DatabaseName>().map_err(|e| anyhow::anyhow!("{}: database {d:?}: {e}", at()))?;
+        let key = key.trim().parse().map_err(|e| anyhow::anyhow!("{}: key of {name}: {e}", at()))?;
+        if keys.insert(name.to_string(), key).is_some() {
+            anyhow::bail!("{}: {name} is given twice", at());
+        }
+    }
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drill_keys_file_names_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("keys");
+        let key = "ab".repeat(32);
+        std::fs::write(&path, format!("# drills\nshop/app = {key}\n\nshop/orders={key} # same key\n")).expect("write");
+        let keys = read_keys(&path).expect("read");
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains_key("shop/app") && keys.contains_key("shop/orders"));
+        for (bad, says) in [
+            (format!("shop/app {key}"), "expected PROJECT/DB = KEY"),
+            (format!("shop = {key}"), "is not PROJECT/DB"),
+            ("shop/app = 1234".to_string(), "key of shop/app"),
+            (format!("shop/app = {key}\nshop/app = {key}"), "given twice"),
+        ] {
+            std::fs::write(&path, &bad).expect("write");
+            let e = format!("{:#}", read_keys(&path).expect_err(&bad));
+            assert!(e.contains(says) && e.contains("line"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn monthly_cost_scales_with_bytes_and_upload_rate() {

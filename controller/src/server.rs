@@ -62,7 +62,11 @@ pub async fn serve(args: ServeArgs, cancel: CancellationToken) -> Result<()> {
 
     tracker.spawn(leases.clone().run_flusher(cancel.clone()));
     let prices = Prices { storage_gb_month: args.price_storage_gb_month, put_per_1000: args.price_put_per_1000 };
-    let inventory = Inventory::new(leases.clone(), prices, args.scan_interval, args.stall_after);
+    let keys = match &args.drill_keys {
+        Some(path) => crate::inventory::read_keys(path)?,
+        None => Default::default(),
+    };
+    let inventory = Inventory::new(leases.clone(), prices, args.scan_interval, args.stall_after, keys);
     tracker.spawn(inventory.clone().run_scanner(cancel.clone()));
     tracker.spawn(inventory.clone().run_watcher(cancel.clone()));
     tracker.spawn(inventory.clone().run_drills(args.drill_interval, args.drill_check, cancel.clone()));

@@ -3,7 +3,8 @@
 
 use anyhow::{Context, Result};
 use std::time::Duration;
-use tests::sqlite::{integrity_check, open_ro};
+use tests::controller::Controller;
+use tests::sqlite::{content_hash, integrity_check, open_ro, open_wal};
 use tests::{restore, Agent, S3Server};
 
 const T: Duration = Duration::from_secs(60);
@@ -69,5 +70,97 @@ fn encrypted_replica_holds_no_plaintext_and_needs_its_key() -> Result<()> {
     let r = restore(&bad_env, &url, &dir.path().join("bad.db"), &[])?;
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("WALFLEET_ENCRYPTION_KEY") && !err.contains("not-a-key"), "{err}");
+    Ok(())
+}
+
+/// The controller side: drills decrypt with the key from the controller's keys file, and a
+/// clone of an encrypted database is sealed too (with the source's key unless told otherwise).
+#[test]
+fn drills_and_clones_of_an_encrypted_database() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let dir = tempfile::tempdir()?;
+    let keys = dir.path().join("drill-keys");
+    std::fs::write(&keys, format!("# encrypted databases\nshop/app = {KEY}\n"))?;
+    let keys_arg = keys.to_str().context("path")?;
+    let c = Controller::start_sqlite_with(Duration::from_secs(3), s3.env(), &["--drill-keys", keys_arg])?;
+    let token = c.create_project("shop")?;
+    c.create_project("stage")?;
+
+    let db = dir.path().join("app.db");
+    let mut env = s3.env();
+    env.extend([
+        ("WALFLEET_CONTROLLER".into(), c.url()),
+        ("WALFLEET_TOKEN".into(), token),
+        ("WALFLEET_PROJECT".into(), "shop".into()),
+        ("WALFLEET_DB_NAME".into(), "app".into()),
+        ("WALFLEET_ENCRYPTION_KEY".into(), KEY.into()),
+    ]);
+    let conn = open_wal(&db)?;
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")?;
+    let mut a = Agent::start(&["replicate", db.to_str().context("path")?, &s3.url("shop/app")], &env)?;
+    for i in 0..20 {
+        conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("secret row {i}")])?;
+    }
+    tests::replica::wait_shipped(&mut a, Duration::from_millis(1500), T)?;
+    let source = content_hash(&db)?;
+
+    let drill = c.cli_json(&["drill", "shop/app"])?;
+    assert_eq!(drill["ok"], true, "{drill:#}");
+    assert_eq!(drill["expected_checksum"], drill["restored_checksum"], "{drill:#}");
+
+    // A clone: sealed with the source's key by default.
+    let stage = s3.url("stage/app");
+    let cloned =
+        c.cli_json(&["restore", "shop/app", "--into", "stage/app", "--replica", &stage, "--encryption-key", KEY])?;
+    assert_eq!(cloned["ok"], true, "{cloned}");
+    let staged = s3.keys("stage/app/");
+    assert!(staged.iter().any(|k| k.ends_with(".ltx")), "{staged:?}");
+    for k in &staged {
+        assert!(std::fs::read(s3.object_path(k))?.starts_with(b"WFENC\x01"), "{k} of the clone is not sealed");
+    }
+    let out = dir.path().join("stage.db");
+    let r =
+        c.cli_json(&["restore", "stage/app", "--output", out.to_str().context("path")?, "--encryption-key", KEY])?;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(content_hash(&out)?, source, "the clone restores to the source");
+
+    // Another key for the clone, when asked: the source's key no longer opens it.
+    let other = KEY.replace("00", "77");
+    let again = c.cli(&[
+        "restore",
+        "shop/app",
+        "--into",
+        "stage/other",
+        "--replica",
+        &s3.url("stage/other"),
+        "--encryption-key",
+        KEY,
+        "--into-encryption-key",
+        &other,
+    ])?;
+    tests::process::expect_success("clone with its own key", &again);
+    let wrong = dir.path().join("wrong.db");
+    let r = c.cli(&["restore", "stage/other", "--output", wrong.to_str().context("path")?, "--encryption-key", KEY])?;
+    assert!(!r.status.success(), "the source's key opened a clone sealed with another");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("wrong encryption key"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(!wrong.exists());
+    let right = dir.path().join("right.db");
+    let r = c.cli_json(&[
+        "restore",
+        "stage/other",
+        "--output",
+        right.to_str().context("path")?,
+        "--encryption-key",
+        &other,
+    ])?;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(content_hash(&right)?, source);
+
+    a.sigterm()?;
+    assert_eq!(a.wait(T)?.code(), Some(0), "agent:\n{}", a.stderr());
     Ok(())
 }

@@ -310,3 +310,45 @@ fn rfc3339_formats_unix_milliseconds() {
     assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
     assert_eq!(rfc3339_ms(1_767_225_599_999), "2025-12-31T23:59:59.999Z");
 }
+
+/// A writer that claimed a generation from an older point of its parent (a live rollback) and
+/// died before writing anything of its own leaves a manifest and nothing else. The lineage
+/// continues from that point, so the latest restore is the point, not the parent's end.
+#[test]
+fn latest_follows_a_claimed_generation_back_to_its_point() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let url = s3.url("claimed/app");
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("app.db");
+    let db_s = db.to_str().context("db path")?;
+    let conn = open_wal(&db)?;
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")?;
+    let mut agent = Agent::start(&["replicate", db_s, &url, "--sync-interval", "250ms"], &s3.env())?;
+    conn.execute("INSERT INTO t(v) VALUES ('kept')", [])?;
+    let point = tests::replica::wait_shipped(&mut agent, Duration::from_millis(600), T)?.durable_txid;
+    let at_point = content_hash(&db)?;
+    conn.execute("INSERT INTO t(v) VALUES ('rolled back')", [])?;
+    let end = wait_durable_past(&mut agent, point, T)?;
+    agent.sigterm()?;
+    assert!(agent.wait(T)?.success(), "agent:\n{}", agent.stderr());
+    assert!(end > point);
+
+    let one = dir.path().join("latest-before.db");
+    assert_eq!(restore_and_check(&s3, &url, &one, &[], &content_hash(&db)?)?, end, "latest before the claim");
+
+    // Generation 2, claimed from generation 1 at `point`, holding nothing yet.
+    let gen1 = s3.object_path("claimed/app/0000000000000001/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&gen1)?)?;
+    m["generation"] = 2.into();
+    m["base_txid"] = point.into();
+    m["parent"] = serde_json::json!({"generation": 1, "txid": point, "checksum": "0000000000000000"});
+    m["sealed"] = serde_json::Value::Null;
+    m["sealed_at"] = serde_json::Value::Null;
+    let gen2 = s3.object_path("claimed/app/0000000000000002/manifest.json");
+    std::fs::create_dir_all(gen2.parent().context("manifest dir")?)?;
+    std::fs::write(&gen2, serde_json::to_vec(&m)?)?;
+
+    let two = dir.path().join("latest-after.db");
+    assert_eq!(restore_and_check(&s3, &url, &two, &[], &at_point)?, point, "latest after the claim");
+    Ok(())
+}

@@ -51,21 +51,38 @@ pub async fn resolve(store: &ObjectStore) -> Result<Option<Source>> {
     Ok(single.then_some(Source::Single))
 }
 
-/// The newest generation whose history is complete (reaches at least its base): its number,
-/// newest transaction and files.
+/// The newest point of the lineage: the newest generation whose history is complete (reaches
+/// at least its base), its newest transaction and files. A generation that holds nothing of its
+/// own yet continues from the point its manifest names (after a rollback, an older point of
+/// its parent than the parent's end), so the walk back stops there.
 pub async fn newest_history(
     store: &ObjectStore,
     gens: &[Generation],
 ) -> Result<Option<(Generation, Txid, Vec<LtxObject>)>> {
-    for g in gens.iter().rev() {
-        let files = list_generation(store, &layout::generation_prefix(*g)).await?;
-        let Some(txid) = plan::latest(&files) else { continue };
-        let base = Manifest::load(store, *g).await?.map(|m| m.base_txid).unwrap_or(Txid::ZERO);
-        if txid >= base {
-            return Ok(Some((*g, txid, files)));
+    let (mut next, mut cap) = (gens.last().copied(), None);
+    for _ in 0..=gens.len() {
+        let Some(g) = next else { break };
+        let manifest = Manifest::load(store, g).await?;
+        let files = list_generation(store, &layout::generation_prefix(g)).await?;
+        let base = manifest.as_ref().map(|m| m.base_txid).unwrap_or(Txid::ZERO);
+        if let Some(latest) = plan::latest(&files) {
+            let txid = cap.map_or(latest, |c: Txid| c.min(latest));
+            if txid >= base {
+                return Ok(Some((g, txid, files)));
+            }
         }
+        (next, cap) = step_back(manifest.as_ref(), gens, g);
     }
     Ok(None)
+}
+
+/// One step back along a lineage: the generation's parent and the point it continued from, or,
+/// when its manifest names none, the next older generation on disk (its newest point).
+fn step_back(manifest: Option<&Manifest>, gens: &[Generation], g: Generation) -> (Option<Generation>, Option<Txid>) {
+    match manifest.and_then(|m| m.parent.as_ref()) {
+        Some(p) => (Some(p.generation), Some(p.position.txid)),
+        None => (gens.iter().rev().find(|x| **x < g).copied(), None),
+    }
 }
 
 pub async fn list_generation(store: &ObjectStore, base: &str) -> Result<Vec<LtxObject>> {
@@ -114,26 +131,26 @@ pub async fn choose(store: &ObjectStore, target: Target) -> Result<Chosen> {
         return Ok(Chosen { base, generation: Some(g), plan });
     }
     // Walk back along the lineage of the newest generation that has any history.
-    let mut next: Option<Generation> = gens.last().copied();
+    // A parent reached through a generation that holds nothing yet restores, as "latest", the
+    // point that generation continued from (a rollback's point, not the parent's end).
+    let (mut next, mut cap): (Option<Generation>, Option<Txid>) = (gens.last().copied(), None);
     let mut last_err: Option<anyhow::Error> = None;
-    let mut seen = 0;
-    while let Some(g) = next {
-        seen += 1;
-        if seen > gens.len() + 1 {
-            break;
-        }
+    for _ in 0..=gens.len() {
+        let Some(g) = next else { break };
         let base = layout::generation_prefix(g);
         let manifest = Manifest::load(store, g).await?;
-        let parent = manifest.as_ref().and_then(|m| m.parent.as_ref().map(|p| p.generation));
-        // A generation without a parent falls back to the next older one on disk.
-        let fallback = gens.iter().rev().find(|x| **x < g).copied();
-        next = parent.or(fallback);
+        let here = cap;
+        (next, cap) = step_back(manifest.as_ref(), &gens, g);
         let files = list_generation(store, &base).await?;
         if files.is_empty() {
             continue;
         }
         let base_txid = manifest.as_ref().map(|m| m.base_txid).unwrap_or(Txid::ZERO);
-        match plan_for(store, &base, &files, target).await {
+        let want = match (target, here) {
+            (Target::Latest, Some(c)) if plan::latest(&files).is_some_and(|l| l > c) => Target::Txid(c),
+            _ => target,
+        };
+        match plan_for(store, &base, &files, want).await {
             // A writer killed while copying its base leaves a generation that ends before
             // its own starting point: it holds nothing its parent does not.
             Ok(plan) if plan.last().map(|f| f.max).unwrap_or(Txid::ZERO) < base_txid => continue,
