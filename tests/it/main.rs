@@ -1,6 +1,7 @@
 //! walfleet's black-box integration tests: ONE test binary, one module per area.
 //! Run them with `scripts/test.sh` (installs tools, builds the binaries, runs nextest).
 
+mod ceph;
 mod encryption;
 mod errors;
 mod fencing;

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tests::process::expect_success;
-use tests::replica::wait_durable_past;
+use tests::replica::{strip_ansi, wait_durable_past};
 use tests::sqlite::{content_hash, integrity_check, open_wal};
 use tests::{restore, Agent, S3Server};
 
@@ -61,19 +61,6 @@ fn restored_txid(stderr: &str) -> Result<u64> {
         .find_map(|w| w.strip_prefix("txid="))
         .with_context(|| format!("no txid= in {line:?}"))?;
     u64::from_str_radix(hex, 16).with_context(|| format!("txid={hex} in {line:?}"))
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn blob(rng: &mut StdRng) -> Vec<u8> {

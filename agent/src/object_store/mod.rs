@@ -413,6 +413,10 @@ impl ObjectStore {
     /// deletes it afterwards. `true` means conditional creates are honoured one at a time; it
     /// says nothing about atomicity under races (s3s-fs honours them but is not atomic).
     pub async fn probe_conditional_writes(&self, probe_key: &str) -> Result<bool, ObjectStoreError> {
+        // A key of this process's own: two agents starting together on one replica must not
+        // delete or pre-empt each other's probe.
+        let probe_key = format!("{probe_key}-{:016x}", rand::random::<u64>());
+        let probe_key = probe_key.as_str();
         validate_key(probe_key)?;
         let opts = PutOptions::if_none_match();
         let body = Bytes::from_static(b"walfleet conditional write probe\n");
