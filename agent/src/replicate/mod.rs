@@ -186,6 +186,29 @@ impl DbReplicator {
             let started = crate::replicate::capture::now_ms();
             self.capture_all(&cap, &mut session, false).await?;
             self.metrics.captured_at_ms.store(started, Ordering::Relaxed);
+            // Checkpoint right after the capture, while few commits can have landed since (the
+            // captured files are already fsynced on local disk), so that under steady writes the
+            // tail to capture under the write lock stays small and the log does not only grow.
+            let since = blocking(&cap, |c| Ok(c.since_checkpoint)).await?;
+            let due = since >= self.opts.checkpoint_bytes
+                || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
+            let checkpointed = if due {
+                let (done, tail) = blocking(&cap, |c| c.checkpoint()).await?;
+                if let Some(c) = tail {
+                    self.captured(&mut session, c);
+                }
+                done
+            } else {
+                false
+            };
+            if checkpointed {
+                self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+                last_checkpoint = Instant::now();
+            } else {
+                // Let the app's own checkpoints copy the log up to its end (see
+                // Capture::advance_pin).
+                blocking(&cap, |c| c.advance_pin()).await?;
+            }
             if !session.spool.is_empty() {
                 let uploaded = self.upload_spool(&mut session).await;
                 self.refresh_pending(&cap, &session).await?;
@@ -204,7 +227,6 @@ impl DbReplicator {
                     }
                 }
             }
-            let since = blocking(&cap, |c| Ok(c.since_checkpoint)).await?;
             for (i, (level, every)) in COMPACTION_LEVELS.iter().enumerate() {
                 if last_compaction[i].elapsed() >= *every {
                     last_compaction[i] = Instant::now();
@@ -228,25 +250,6 @@ impl DbReplicator {
                     Ok(false) => {}
                     Err(e) => warn!(error = %format!("{e:#}"), "snapshot failed; will retry"),
                 }
-            }
-            let due = since >= self.opts.checkpoint_bytes
-                || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
-            let checkpointed = if due {
-                let (done, tail) = blocking(&cap, |c| c.checkpoint()).await?;
-                if let Some(c) = tail {
-                    self.captured(&mut session, c);
-                }
-                done
-            } else {
-                false
-            };
-            if checkpointed {
-                self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-                last_checkpoint = Instant::now();
-            } else {
-                // Let the app's own checkpoints copy the log up to its end (see
-                // Capture::advance_pin).
-                blocking(&cap, |c| c.advance_pin()).await?;
             }
         }
         self.shutdown(&cap, &mut session).await
