@@ -41,15 +41,6 @@ impl Rgw {
 
     /// AWS variables pointing at RGW.
     pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_key.as_str()),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        crate::s3::aws_env(&self.endpoint, &self.access_key, &self.secret_key)
     }
 }

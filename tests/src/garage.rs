@@ -72,16 +72,7 @@ impl Garage {
 
     /// AWS variables pointing at this server.
     pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-            ("AWS_REGION", REGION),
-            ("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{}", self.port)),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        crate::s3::aws_env(&format!("http://127.0.0.1:{}", self.port), ACCESS_KEY, SECRET_KEY)
     }
 }
 

@@ -142,22 +142,27 @@ impl S3Server {
 
     /// Like [`S3Server::env`] but with another endpoint (e.g. a [`crate::Proxy`] in front).
     pub fn env_for(&self, endpoint: &str) -> Vec<(String, String)> {
-        [
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
-            ("AWS_REGION", REGION),
-            ("AWS_ENDPOINT_URL", endpoint),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        aws_env(endpoint, ACCESS_KEY, SECRET_KEY)
     }
 
     /// The server's log so far (all starts).
     pub fn log(&self) -> String {
         self.proc.as_ref().map(|p| p.stderr()).unwrap_or_default()
     }
+}
+
+/// The standard AWS variables for an S3-compatible server at `endpoint` (region [`REGION`]).
+pub fn aws_env(endpoint: &str, access_key: &str, secret_key: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", access_key),
+        ("AWS_SECRET_ACCESS_KEY", secret_key),
+        ("AWS_REGION", REGION),
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 impl Drop for S3Server {
