@@ -241,7 +241,9 @@ struct FileDb {
 }
 
 /// A key from a setting; the error names the setting, never the value.
-fn parse_key(setting: &str, v: Option<String>) -> Result<Option<crate::object_store::EncryptionKey>> {
+/// A client-side encryption key from a setting (blank: none); errors name the setting, never
+/// the value.
+pub fn parse_key(setting: &str, v: Option<String>) -> Result<Option<crate::object_store::EncryptionKey>> {
     v.filter(|s| !s.trim().is_empty())
         .map(|s| s.parse().map_err(|e: String| anyhow::anyhow!("{setting}: {e}")))
         .transpose()

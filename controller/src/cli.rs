@@ -264,14 +264,6 @@ async fn restore(
     end_restore(&mut cl, t, (project, database), begun.restore_id, &destination, &point_text, result, c).await
 }
 
-/// A client-side encryption key given on the command line or in the environment (blank: none).
-fn parse_key(name: &str, value: Option<String>) -> Result<Option<agent::object_store::EncryptionKey>> {
-    value
-        .filter(|k| !k.trim().is_empty())
-        .map(|k| k.parse::<agent::object_store::EncryptionKey>().map_err(|e| anyhow::anyhow!("{name}: {e}")))
-        .transpose()
-}
-
 /// Records how an audited restore ended, and prints it.
 #[allow(clippy::too_many_arguments)]
 async fn end_restore(
@@ -795,8 +787,9 @@ pub async fn run(cmd: Command) -> Result<i32> {
             dry_run,
             client: c,
         } => {
-            let key = parse_key("--encryption-key / WALFLEET_ENCRYPTION_KEY", encryption_key)?;
-            let into_key = parse_key("--into-encryption-key / WALFLEET_INTO_ENCRYPTION_KEY", into_encryption_key)?;
+            let key = agent::config::parse_key("--encryption-key / WALFLEET_ENCRYPTION_KEY", encryption_key)?;
+            let into_key =
+                agent::config::parse_key("--into-encryption-key / WALFLEET_INTO_ENCRYPTION_KEY", into_encryption_key)?;
             let to = match (output, into) {
                 _ if live => Into::Live { wait },
                 (_, Some(into)) => Into::Clone { target: into, replica, key: into_key.or_else(|| key.clone()) },

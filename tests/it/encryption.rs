@@ -87,14 +87,8 @@ fn drills_and_clones_of_an_encrypted_database() -> Result<()> {
     c.create_project("stage")?;
 
     let db = dir.path().join("app.db");
-    let mut env = s3.env();
-    env.extend([
-        ("WALFLEET_CONTROLLER".into(), c.url()),
-        ("WALFLEET_TOKEN".into(), token),
-        ("WALFLEET_PROJECT".into(), "shop".into()),
-        ("WALFLEET_DB_NAME".into(), "app".into()),
-        ("WALFLEET_ENCRYPTION_KEY".into(), KEY.into()),
-    ]);
+    let mut env = c.agent_env(s3.env(), &token, "shop", "app");
+    env.push(("WALFLEET_ENCRYPTION_KEY".into(), KEY.into()));
     let conn = open_wal(&db)?;
     conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")?;
     let mut a = Agent::start(&["replicate", db.to_str().context("path")?, &s3.url("shop/app")], &env)?;

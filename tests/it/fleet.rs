@@ -18,16 +18,7 @@ fn utf8(p: &Path) -> Result<&str> {
 
 /// The environment of an agent of project `shop`, database `app`, under `c`.
 fn fleet_env(s3: &S3Server, c: &Controller, token: &str) -> Vec<(String, String)> {
-    let mut env = s3.env();
-    env.extend([
-        ("WALFLEET_CONTROLLER".into(), c.url()),
-        ("WALFLEET_TOKEN".into(), token.to_string()),
-        ("WALFLEET_PROJECT".into(), "shop".into()),
-        ("WALFLEET_DB_NAME".into(), "app".into()),
-        ("WALFLEET_LEASE_WAIT".into(), "60s".into()),
-        ("PYTHONUNBUFFERED".into(), "1".into()),
-    ]);
-    env
+    c.agent_env(s3.env(), token, "shop", "app")
 }
 
 fn run_mode(db: &Path, url: &str, app: &[String], env: &[(String, String)]) -> Result<Agent> {

@@ -50,15 +50,7 @@ fn garage_ignores_conditional_writes_and_generations_still_fence() -> Result<()>
     let out = c.cli(&["policy", "shop/app", "alert"])?;
     assert!(out.status.success(), "{out:?}");
     let url = garage.url("shop/app");
-    let mut env = garage.env();
-    env.extend([
-        ("WALFLEET_CONTROLLER".into(), c.url()),
-        ("WALFLEET_TOKEN".into(), token),
-        ("WALFLEET_PROJECT".into(), "shop".into()),
-        ("WALFLEET_DB_NAME".into(), "app".into()),
-        ("WALFLEET_LEASE_WAIT".into(), "60s".into()),
-        ("PYTHONUNBUFFERED".into(), "1".into()),
-    ]);
+    let env = c.agent_env(garage.env(), &token, "shop", "app");
     let (da, dbd) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let (a_db, b_db) = (da.path().join("app.db"), dbd.path().join("app.db"));
 

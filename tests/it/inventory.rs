@@ -18,17 +18,9 @@ fn utf8(p: &Path) -> Result<&str> {
 }
 
 fn agent_env(s3: &S3Server, c: &Controller, token: &str, project: &str, db: &str) -> Vec<(String, String)> {
-    let mut env = s3.env();
-    env.extend([
-        ("WALFLEET_CONTROLLER".into(), c.url()),
-        ("WALFLEET_TOKEN".into(), token.to_string()),
-        ("WALFLEET_PROJECT".into(), project.into()),
-        ("WALFLEET_DB_NAME".into(), db.into()),
-        ("WALFLEET_LEASE_WAIT".into(), "60s".into()),
-        ("PYTHONUNBUFFERED".into(), "1".into()),
-        // Many small transactions, so a history has points inside it.
-        ("WALFLEET_SYNC_INTERVAL".into(), "100ms".into()),
-    ]);
+    let mut env = c.agent_env(s3.env(), token, project, db);
+    // Many small transactions, so a history has points inside it.
+    env.push(("WALFLEET_SYNC_INTERVAL".into(), "100ms".into()));
     env
 }
 

@@ -118,6 +118,26 @@ impl Controller {
         format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// `store_env` (the object store's variables) plus what an agent of `project`/`db` needs to
+    /// work under this controller.
+    pub fn agent_env(
+        &self,
+        mut store_env: Vec<(String, String)>,
+        token: &str,
+        project: &str,
+        db: &str,
+    ) -> Vec<(String, String)> {
+        store_env.extend([
+            ("WALFLEET_CONTROLLER".into(), self.url()),
+            ("WALFLEET_TOKEN".into(), token.to_string()),
+            ("WALFLEET_PROJECT".into(), project.into()),
+            ("WALFLEET_DB_NAME".into(), db.into()),
+            ("WALFLEET_LEASE_WAIT".into(), "60s".into()),
+            ("PYTHONUNBUFFERED".into(), "1".into()),
+        ]);
+        store_env
+    }
+
     /// kill -9 (a crash): nothing is flushed.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(p) = self.proc.as_mut() {

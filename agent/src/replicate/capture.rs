@@ -510,9 +510,10 @@ impl Capture {
             return Ok((false, None));
         }
         if pending > 0 {
+            // A tail this small is one transaction; continuity problems are left to the next
+            // regular capture.
             match self.capture()? {
-                Outcome::Captured(c) if !c.more => tail = Some(c),
-                Outcome::Captured(c) => return Ok((false, Some(c))),
+                Outcome::Captured(c) => tail = Some(c),
                 Outcome::Idle | Outcome::Lost(_) => return Ok((false, None)),
             }
         }
