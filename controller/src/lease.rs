@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::store::{
-    Acquired, DatabaseRow, GenerationRow, InstanceInfo, Millis, NewEvent, Renewed, Report, ReportUpdate, Store,
-    StoreError,
+    Acquired, DatabaseRow, GenerationRow, HeadUpdate, InstanceInfo, Millis, NewEvent, Renewed, Report, ReportUpdate,
+    Store, StoreError,
 };
 
 /// How often buffered reports are written, and how many go into one write.
@@ -500,21 +500,21 @@ impl Leases {
     }
 
     /// Writes buffered reports and head positions: a heartbeat costs one durable write (the
-    /// lease); reports are written in small batches a few times a second, so no batch holds
-    /// the store's writer long enough to delay the renewals queued behind it.
+    /// lease); reports and heads are written a few times a second, one statement per chunk, so
+    /// no write holds the store's writer long enough to delay the renewals queued behind it.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let batch: Vec<ReportUpdate> =
             self.reports.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, v)| v).collect();
         for chunk in batch.chunks(REPORT_CHUNK) {
             self.store.record_reports(chunk).await?;
         }
-        let heads: Vec<_> = self.lock_heads().drain().collect();
+        let heads: Vec<HeadUpdate> = self
+            .lock_heads()
+            .drain()
+            .map(|((project, database, instance), position)| HeadUpdate { project, database, instance, position })
+            .collect();
         for chunk in heads.chunks(REPORT_CHUNK) {
-            // Issued together, they share the store's group commits.
-            let writes = chunk.iter().map(|((p, d, id), pos)| self.store.advance_head(p, d, id, *pos));
-            for r in futures::future::join_all(writes).await {
-                r?;
-            }
+            self.store.advance_heads(chunk).await?;
         }
         Ok(())
     }

@@ -94,7 +94,9 @@ pub async fn serve(args: ServeArgs, cancel: CancellationToken) -> Result<()> {
         let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
         builder = builder.tls_config(tls).context("configure tls")?;
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    // Small answers go out at once: with Nagle's algorithm an answer's last frame waited for
+    // the client's delayed ACK (tens of milliseconds in the tail of every heartbeat).
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let result = builder
         .add_service(AgentServiceServer::new(agent))
         .add_service(AdminServiceServer::new(admin))

@@ -158,6 +158,15 @@ pub struct InstanceRow {
     pub report: Option<Report>,
 }
 
+/// One entry of `advance_heads`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeadUpdate {
+    pub project: ProjectName,
+    pub database: DatabaseName,
+    pub instance: InstanceId,
+    pub position: Position,
+}
+
 /// One entry of `record_reports`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReportUpdate {
@@ -339,6 +348,14 @@ pub trait Store: Send + Sync + 'static {
         instance: &InstanceId,
         position: Position,
     ) -> Result<()>;
+    /// `advance_head` for many databases at once (the controller batches the heads its
+    /// holders report): one statement where the backend allows it.
+    async fn advance_heads(&self, heads: &[HeadUpdate]) -> Result<()> {
+        for h in heads {
+            self.advance_head(&h.project, &h.database, &h.instance, h.position).await?;
+        }
+        Ok(())
+    }
 
     // Instances.
     /// Records a process start; a second registration of the same id only refreshes last_seen.

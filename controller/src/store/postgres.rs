@@ -21,8 +21,8 @@ use super::sqlite::rows::{
     token_columns, DatabaseRaw, EventRaw, GenerationRaw, InstanceRaw, ProjectRaw, ReportColumns, TokenRaw,
 };
 use super::{
-    Acquired, DatabaseRow, EventFilter, EventRow, GenerationRow, InstanceInfo, InstanceRow, Millis, NewEvent, NoteRow,
-    ProjectRow, Renewed, Report, ReportUpdate, Result, Store, StoreError, TokenRow,
+    Acquired, DatabaseRow, EventFilter, EventRow, GenerationRow, HeadUpdate, InstanceInfo, InstanceRow, Millis,
+    NewEvent, NoteRow, ProjectRow, Renewed, Report, ReportUpdate, Result, Store, StoreError, TokenRow,
 };
 
 /// Enough concurrent commits to share WAL flushes; far below the server's usual limit of 100.
@@ -515,13 +515,80 @@ impl Store for PostgresStore {
     }
 
     async fn record_reports(&self, batch: &[ReportUpdate]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        // An instance this store does not know (yet) is skipped: one stray heartbeat must not
-        // cost everybody else's reports.
-        for update in batch {
-            record_report_on(&mut *tx, update).await?;
+        if batch.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
+        // One statement for the whole batch. An instance this store does not know (yet) matches
+        // no row and is skipped: one stray heartbeat must not cost everybody else's reports.
+        let mut q = QueryBuilder::<Postgres>::new(
+            "UPDATE instances AS i SET last_seen = GREATEST(i.last_seen, v.at), \
+             database = v.db, role = v.role, report_generation = v.g, report_local_txid = v.lt, \
+             report_durable_txid = v.dt, report_lag_seconds = v.ls, report_lag_bytes = v.lb, \
+             report_last_upload_at = v.lu, report_uploads = v.up, report_upload_errors = v.ue, \
+             report_upload_blocked = v.ub, report_state = v.st, report_durable_checksum = v.dc FROM (",
+        );
+        // The casts type the VALUES columns, which PostgreSQL would otherwise take as text.
+        q.push_values(batch, |mut b, u| {
+            let r = ReportColumns::new(u.report.as_ref());
+            b.push_bind(u.instance.to_string())
+                .push_bind(u.at)
+                .push_unseparated("::BIGINT")
+                .push_bind(u.database.to_string())
+                .push_bind(u.role.clone())
+                .push_bind(r.generation)
+                .push_unseparated("::BIGINT")
+                .push_bind(r.local_txid)
+                .push_unseparated("::BIGINT")
+                .push_bind(r.durable_txid)
+                .push_unseparated("::BIGINT")
+                .push_bind(r.lag_seconds)
+                .push_unseparated("::DOUBLE PRECISION")
+                .push_bind(r.lag_bytes)
+                .push_unseparated("::BIGINT")
+                .push_bind(r.last_upload_at)
+                .push_unseparated("::BIGINT")
+                .push_bind(r.uploads)
+                .push_unseparated("::BIGINT")
+                .push_bind(r.upload_errors)
+                .push_unseparated("::BIGINT")
+                .push_bind(r.upload_blocked)
+                .push_unseparated("::BOOLEAN")
+                .push_bind(r.state)
+                .push_unseparated("::TEXT")
+                .push_bind(r.durable_checksum)
+                .push_unseparated("::BIGINT");
+        });
+        q.push(") AS v(id, at, db, role, g, lt, dt, ls, lb, lu, up, ue, ub, st, dc) WHERE i.id = v.id");
+        q.build().persistent(false).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn advance_heads(&self, heads: &[HeadUpdate]) -> Result<()> {
+        if heads.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(heads.len());
+        for h in heads {
+            rows.push((h, int("generation", h.position.generation.0)?, int("transaction id", h.position.txid.0)?));
+        }
+        // The rule of `advance_head`, for every row in one statement.
+        let mut q =
+            QueryBuilder::<Postgres>::new("UPDATE databases AS d SET head_generation = v.g, head_txid = v.t FROM (");
+        q.push_values(&rows, |mut b, (h, generation, txid)| {
+            b.push_bind(h.project.as_str())
+                .push_bind(h.database.as_str())
+                .push_bind(h.instance.as_str())
+                .push_bind(*generation)
+                .push_unseparated("::BIGINT")
+                .push_bind(*txid)
+                .push_unseparated("::BIGINT");
+        });
+        q.push(
+            ") AS v(project, name, instance, g, t) WHERE d.project = v.project AND d.name = v.name \
+             AND d.holder = v.instance AND d.holder_generation = v.g \
+             AND (d.head_generation IS NULL OR d.head_txid <= v.t OR d.head_generation <> v.g)",
+        );
+        q.build().persistent(false).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -26,8 +26,8 @@ use self::rows::{
     DatabaseRaw, EventRaw, GenerationRaw, InstanceRaw, ProjectRaw, ReportColumns, TokenRaw,
 };
 use super::{
-    Acquired, DatabaseRow, EventFilter, EventRow, GenerationRow, InstanceInfo, InstanceRow, Millis, NewEvent, NoteRow,
-    ProjectRow, Renewed, Report, ReportUpdate, Result, Store, StoreError, TokenRow,
+    Acquired, DatabaseRow, EventFilter, EventRow, GenerationRow, HeadUpdate, InstanceInfo, InstanceRow, Millis,
+    NewEvent, NoteRow, ProjectRow, Renewed, Report, ReportUpdate, Result, Store, StoreError, TokenRow,
 };
 
 pub(super) mod rows;
@@ -69,8 +69,25 @@ impl SqliteStore {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
+        self.enqueue(op, false).await
+    }
+
+    /// `write` for an `op` whose only write is its first statement.
+    async fn write_one<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        self.enqueue(op, true).await
+    }
+
+    async fn enqueue<T, F>(&self, op: F, one_statement: bool) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        self.writer.lock_queue().push(Box::new(Pending { op: Some(op), result: None, reply }));
+        self.writer.lock_queue().push(Box::new(Pending { op: Some(op), one_statement, result: None, reply }));
         let conn = Arc::clone(&self.writer.conn).lock_owned().await;
         let batch = std::mem::take(&mut *self.writer.lock_queue());
         if batch.is_empty() {
@@ -103,6 +120,9 @@ trait Job: Send {
     /// Runs the write inside the batch's transaction and keeps its result until the commit.
     /// False when the write failed in a way that may have ended the transaction.
     fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool>;
+    /// True when the write is one statement (reads may follow it), so it needs no
+    /// transaction of its own.
+    fn one_statement(&self) -> bool;
     /// Answers the caller: its own result once the batch committed (or its own error), the
     /// batch's failure otherwise.
     fn answer(self: Box<Self>, batch: Result<(), &str>);
@@ -110,6 +130,7 @@ trait Job: Send {
 
 struct Pending<T, F> {
     op: Option<F>,
+    one_statement: bool,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
 }
@@ -132,6 +153,10 @@ where
             self.result = Some(result);
             intact
         })
+    }
+
+    fn one_statement(&self) -> bool {
+        self.one_statement
     }
 
     fn answer(self: Box<Self>, batch: Result<(), &str>) {
@@ -170,6 +195,13 @@ async fn commit_batch(mut conn: OwnedMutexGuard<SqliteConnection>, mut batch: Ve
 }
 
 async fn run_batch(conn: &mut SqliteConnection, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
+    if let [job] = batch {
+        if job.one_statement() {
+            // Alone in its batch, a single statement is its own transaction: one round trip
+            // to the connection's thread instead of three.
+            return if job.run(conn).await { Ok(()) } else { Err("the write failed".to_owned()) };
+        }
+    }
     // IMMEDIATE takes the write lock up front, so no statement of the batch can meet a busy
     // database halfway.
     conn.execute("BEGIN IMMEDIATE").await.map_err(|e| format!("begin a write batch: {e}"))?;
@@ -481,7 +513,7 @@ impl Store for SqliteStore {
         let key = Key::new(project, name);
         let instance = instance.as_str().to_owned();
         let generation = int("generation", generation.0)?;
-        self.write(move |c| {
+        self.write_one(move |c| {
             Box::pin(async move {
                 // Expiry is not checked: if nobody acquired the lease since, the holder keeps it.
                 // MAX: a late, older renewal never shortens the lease.
@@ -630,6 +662,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn advance_heads(&self, heads: &[HeadUpdate]) -> Result<()> {
+        if heads.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(heads.len());
+        for h in heads {
+            let generation = int("generation", h.position.generation.0)?;
+            let txid = int("transaction id", h.position.txid.0)?;
+            rows.push((Key::new(&h.project, &h.database), h.instance.to_string(), generation, txid));
+        }
+        self.write_one(move |c| {
+            Box::pin(async move {
+                // The rule of `advance_head`, for every row in one statement.
+                let mut q = QueryBuilder::<Sqlite>::new("WITH v(project, name, instance, g, t) AS (");
+                q.push_values(&rows, |mut b, (key, instance, generation, txid)| {
+                    b.push_bind(key.project.clone())
+                        .push_bind(key.name.clone())
+                        .push_bind(instance.clone())
+                        .push_bind(*generation)
+                        .push_bind(*txid);
+                });
+                q.push(
+                    ") UPDATE databases SET head_generation = v.g, head_txid = v.t FROM v \
+                     WHERE databases.project = v.project AND databases.name = v.name \
+                     AND databases.holder = v.instance AND databases.holder_generation = v.g \
+                     AND (databases.head_generation IS NULL OR databases.head_txid <= v.t \
+                     OR databases.head_generation <> v.g)",
+                );
+                q.build().persistent(false).execute(&mut *c).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn register_instance(&self, info: &InstanceInfo, now: Millis) -> Result<()> {
         let info = info.clone();
         self.write(move |c| {
@@ -691,14 +758,44 @@ impl Store for SqliteStore {
     }
 
     async fn record_reports(&self, batch: &[ReportUpdate]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let batch = batch.to_vec();
-        self.write(move |c| {
+        self.write_one(move |c| {
             Box::pin(async move {
-                // An instance this store does not know (yet) is skipped: one stray heartbeat
-                // must not cost everybody else's reports.
-                for update in &batch {
-                    record_report_on(&mut *c, update).await?;
-                }
+                // One statement for the whole batch: the writer is shared with every renewal, so
+                // it is held for one statement, not one per instance. An instance this store does
+                // not know (yet) matches no row and is skipped.
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "WITH v(id, at, db, role, g, lt, dt, ls, lb, lu, up, ue, ub, st, dc) AS (",
+                );
+                q.push_values(&batch, |mut b, u| {
+                    let r = ReportColumns::new(u.report.as_ref());
+                    b.push_bind(u.instance.to_string())
+                        .push_bind(u.at)
+                        .push_bind(u.database.to_string())
+                        .push_bind(u.role.clone())
+                        .push_bind(r.generation)
+                        .push_bind(r.local_txid)
+                        .push_bind(r.durable_txid)
+                        .push_bind(r.lag_seconds)
+                        .push_bind(r.lag_bytes)
+                        .push_bind(r.last_upload_at)
+                        .push_bind(r.uploads)
+                        .push_bind(r.upload_errors)
+                        .push_bind(r.upload_blocked)
+                        .push_bind(r.state)
+                        .push_bind(r.durable_checksum);
+                });
+                q.push(
+                    ") UPDATE instances SET last_seen = MAX(last_seen, v.at), database = v.db, role = v.role, \
+                     report_generation = v.g, report_local_txid = v.lt, report_durable_txid = v.dt, \
+                     report_lag_seconds = v.ls, report_lag_bytes = v.lb, report_last_upload_at = v.lu, \
+                     report_uploads = v.up, report_upload_errors = v.ue, report_upload_blocked = v.ub, \
+                     report_state = v.st, report_durable_checksum = v.dc FROM v WHERE instances.id = v.id",
+                );
+                q.build().persistent(false).execute(&mut *c).await?;
                 Ok(())
             })
         })

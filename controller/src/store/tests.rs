@@ -49,6 +49,7 @@ store_test_suite!(
     issue_generation_forks_without_touching_the_lease,
     generations_strictly_increase_across_any_interleaving,
     advance_head_moves_forward_for_the_holder_only,
+    advance_heads_applies_the_rule_to_every_row,
     events_filter_and_return_the_newest_oldest_first,
     instances_register_report_and_list,
     generations_are_inserted_sealed_and_listed,
@@ -500,6 +501,48 @@ async fn advance_head_moves_forward_for_the_holder_only(f: Fixture) {
     f.store.advance_head(&p, &d, &b, at(2, 2)).await.expect("advance");
     assert_eq!(head(&f).await, Some(at(2, 2)));
     f.store.advance_head(&p, &db("nope"), &b, at(2, 2)).await.expect("advance on a missing database");
+}
+
+async fn advance_heads_applies_the_rule_to_every_row(f: Fixture) {
+    let (p, d1) = with_database(&f).await;
+    let (d2, d3) = (db("d2"), db("d3"));
+    for d in [&d2, &d3] {
+        f.store.ensure_database(&p, d, Policy::Handoff, 1).await.expect("ensure database");
+    }
+    let (a, b) = (instance("a"), instance("b"));
+    let at = |g, t| Position { generation: Generation(g), txid: Txid(t) };
+    for d in [&d1, &d2] {
+        granted(f.store.acquire(&p, d, &a, Generation(1), 0, TTL).await.expect("acquire"));
+    }
+    granted(f.store.acquire(&p, &d3, &b, Generation(1), 0, TTL).await.expect("acquire"));
+    let up = |d: &DatabaseName, i: &InstanceId, position| HeadUpdate {
+        project: p.clone(),
+        database: d.clone(),
+        instance: i.clone(),
+        position,
+    };
+    let head = |d: &DatabaseName| {
+        let (p, d, store) = (p.clone(), d.clone(), Arc::clone(&f.store));
+        async move { store.get_database(&p, &d).await.expect("get").expect("exists").head }
+    };
+
+    f.store.advance_heads(&[up(&d1, &a, at(1, 5)), up(&d2, &a, at(1, 7))]).await.expect("advance");
+    assert_eq!((head(&d1).await, head(&d2).await, head(&d3).await), (Some(at(1, 5)), Some(at(1, 7)), None));
+    f.store
+        .advance_heads(&[
+            up(&d1, &a, at(1, 3)),
+            up(&d2, &a, at(1, 9)),
+            up(&d3, &a, at(1, 4)),
+            up(&db("nope"), &a, at(1, 1)),
+        ])
+        .await
+        .expect("advance a mixed batch");
+    assert_eq!(
+        (head(&d1).await, head(&d2).await, head(&d3).await),
+        (Some(at(1, 5)), Some(at(1, 9)), None),
+        "each row follows the rule: never back, only the holder, a missing database is skipped"
+    );
+    f.store.advance_heads(&[]).await.expect("an empty batch");
 }
 
 async fn events_filter_and_return_the_newest_oldest_first(f: Fixture) {
