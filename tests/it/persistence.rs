@@ -277,6 +277,44 @@ fn behind_the_agents_back() -> Result<()> {
     Ok(())
 }
 
+/// Every restart of the log after one of the agent's checkpoints is one the agent expects, also
+/// when the app reopened the database in between: SQLite writes the restarting connection's own
+/// count of restarts into the log header, so a new connection starts that count again at 1.
+#[test]
+fn restarts_by_a_reopened_app_keep_continuity() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let data = tempfile::tempdir()?;
+    let db = data.path().join("app.db");
+    let url = s3.url("reopened/app");
+    open_wal(&db)?.execute_batch("CREATE TABLE items(id INTEGER PRIMARY KEY, v BLOB)")?;
+    let mut agent = replicate(&db, &url, &s3.env())?;
+    agent.wait_metric("walfleet_durable_txid", |v| v >= 1.0, T)?;
+    let mut checkpoints = agent.metrics()?.sum("walfleet_checkpoints_total");
+    for _session in 0..3 {
+        let conn = open_wal(&db)?;
+        for _burst in 0..2 {
+            // Over 4 MiB of log, one commit per row: the agent checkpoints after it, and the
+            // next burst's first commit restarts the log.
+            for _ in 0..1500 {
+                conn.execute("INSERT INTO items(v) VALUES (randomblob(4000))", [])?;
+            }
+            let before = checkpoints;
+            agent.wait_metric("walfleet_checkpoints_total", |v| v > before, T)?;
+            checkpoints = agent.metrics()?.sum("walfleet_checkpoints_total");
+        }
+    }
+    open_wal(&db)?.execute("DELETE FROM items WHERE id % 2 = 0", [])?;
+    wait_shipped(&mut agent, SETTLE, T)?;
+    let log = agent.stderr();
+    assert!(!log.contains("continuity lost"), "the agent lost continuity:\n{log}");
+    let restored = data.path().join("restored.db");
+    restore_checked(&s3.env(), &url, &restored)?;
+    assert_eq!(content_hash(&restored)?, content_hash(&db)?, "restore equals the app's database");
+    agent.sigterm()?;
+    assert!(agent.wait(T)?.success(), "agent exit on SIGTERM");
+    Ok(())
+}
+
 /// Periodic level-9 snapshots: one appears while the app writes in bursts; the latest restore
 /// equals the source whether it starts from the snapshot or (snapshot removed) from the
 /// incremental history, so the snapshot holds exactly the database at its transaction; and a

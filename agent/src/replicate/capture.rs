@@ -6,10 +6,14 @@
 //! Continuity rules (why a restarted WAL is or is not a loss):
 //! - While our read transaction holds a read mark, SQLite cannot restart the WAL, so every
 //!   frame stays readable until we have captured it.
-//! - We checkpoint only while holding the write lock (`BEGIN IMMEDIATE`), after capturing
-//!   everything, and we re-pin before releasing it. If that checkpoint backfilled the whole
-//!   log, the next writer restarts the WAL once: salt-1 and the checkpoint sequence both grow
-//!   by one. That restart is expected and nothing is lost.
+//! - We hold SQLite's checkpoint lock (an open-file-description lock on the `-shm` file), so
+//!   the app's own checkpoints give up at once; only ours copy the log into the database.
+//! - Our final checkpoint runs under the write lock (`BEGIN IMMEDIATE`, tried again without
+//!   sleeping: a busy app frees it only between transactions), after capturing everything,
+//!   and we re-pin before releasing it. If that checkpoint backfilled the whole
+//!   log, the next writer restarts the WAL once: salt-1 grows by one (SQLite takes it from
+//!   the shared wal-index, so each restart adds exactly one). That restart is expected and
+//!   nothing is lost.
 //! - Any other change (other salts, a shorter file, a rewritten frame at our cursor) means
 //!   frames may have been checkpointed behind our back: we write the whole database as the
 //!   next transaction and say why.
@@ -24,7 +28,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use proto::model::Txid;
@@ -38,7 +42,18 @@ use crate::wal::{self, WalCursor, WalHeader};
 pub const MAX_CAPTURE_BYTES: u64 = 64 << 20;
 
 /// Most uncaptured WAL bytes a checkpoint captures while it holds the app's write lock.
-pub const CHECKPOINT_TAIL_BYTES: u64 = 1 << 20;
+pub const CHECKPOINT_TAIL_BYTES: u64 = 16 << 20;
+
+/// How long a checkpoint keeps trying for the write lock. A writer that never pauses releases
+/// it between two transactions for microseconds only, and SQLite's busy handler sleeps for
+/// milliseconds between its tries: it would never see those moments.
+const WRITE_LOCK_SPIN: Duration = Duration::from_millis(20);
+
+/// How long after a checkpoint the pin waits for the app's next write to move into the new log.
+const PIN_SETTLE: Duration = Duration::from_millis(50);
+
+/// The agent's own connections wait this long for a lock through SQLite's busy handler.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// One reading of the log: the file, its committed range and the database size it gives.
 struct LogState {
@@ -86,6 +101,8 @@ pub struct Capture {
     pinned: bool,
     /// The `-shm` file, opened once and kept, for the same reason as `db_file`.
     shm: Option<File>,
+    /// Whether we hold SQLite's checkpoint lock, so the app's own checkpoints give up at once.
+    holds_checkpoints: bool,
     /// The log (salts) and the highest frame the pin's read mark can be at, read from the
     /// wal-index just after the pin was taken.
     pin_mark: Option<(u32, u32, u32)>,
@@ -101,7 +118,7 @@ pub struct Capture {
 
 fn open(db: &Path) -> Result<Connection> {
     let c = Connection::open(db).with_context(|| format!("open database {}", db.display()))?;
-    c.busy_timeout(Duration::from_millis(100))?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).context("set wal mode")?;
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("database {} is in journal mode {mode}; walfleet needs WAL mode", db.display());
@@ -134,6 +151,7 @@ impl Capture {
             pinned: false,
             pin_mark: None,
             shm: None,
+            holds_checkpoints: false,
             page_size,
             txid: Txid::ZERO,
             cursor: None,
@@ -142,6 +160,7 @@ impl Capture {
             since_checkpoint: 0,
         };
         c.repin()?;
+        c.hold_checkpoints()?;
         Ok(c)
     }
 
@@ -166,7 +185,8 @@ impl Capture {
 
     fn wal_index(&mut self) -> Result<Option<wal::WalIndex>> {
         if self.shm.is_none() {
-            match File::open(&self.shm_path) {
+            // Writable: a write lock needs a descriptor open for writing.
+            match std::fs::OpenOptions::new().read(true).write(true).open(&self.shm_path) {
                 Ok(f) => self.shm = Some(f),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e).with_context(|| format!("open {}", self.shm_path.display())),
@@ -187,6 +207,7 @@ impl Capture {
     /// the old mark, a pin taken while the old one is still held cannot get mark 0. Otherwise
     /// the pin stays where it is. Returns whether it moved.
     pub fn advance_pin(&mut self) -> Result<bool> {
+        self.hold_checkpoints()?;
         let (Some((salt1, salt2, mark)), Some(now)) = (self.pin_mark, self.wal_index()?) else {
             return Ok(false);
         };
@@ -264,7 +285,7 @@ impl Capture {
         // We hold the pin and have read the log to its end, so a single restart of it from
         // here on loses nothing (see the module docs).
         self.expected_restart = match (&wal, self.cursor) {
-            (Some((_, h)), Some(_)) => Expect::Restart { salt1: h.salt1, seq: h.checkpoint_seq },
+            (Some((_, h)), Some(_)) => Expect::Restart { salt1: h.salt1 },
             _ => Expect::Any,
         };
         Ok(Scan { page_size: self.page_size, commit, checksum: self.sums.checksum(), cursor: self.cursor })
@@ -392,21 +413,22 @@ impl Capture {
                 return Ok(Outcome::Lost("the write-ahead log was rewritten behind the agent's position".into()));
             }
             // Pinned, and continuous up to here: one restart from this log would lose nothing.
-            self.expected_restart = Expect::Restart { salt1: header.salt1, seq: header.checkpoint_seq };
+            self.expected_restart = Expect::Restart { salt1: header.salt1 };
             cursor
         } else if self.expected_restart.accepts(&header) {
             WalCursor::start(&header)
         } else {
             return Ok(Outcome::Lost(format!(
-                "the write-ahead log was restarted by another process (checkpoint sequence {})",
-                header.checkpoint_seq
+                "the write-ahead log was restarted by another process (salt-1 {:#010x}, expected {})",
+                header.salt1,
+                self.expected_restart.describe()
             )));
         };
         let range = wal::read_committed(&file, &header, cursor, MAX_CAPTURE_BYTES).context("read wal")?;
         if range.is_empty() {
             if Some(cursor) != self.cursor {
                 self.cursor = Some(cursor);
-                self.expected_restart = Expect::Restart { salt1: header.salt1, seq: header.checkpoint_seq };
+                self.expected_restart = Expect::Restart { salt1: header.salt1 };
             }
             return Ok(Outcome::Idle);
         }
@@ -452,7 +474,7 @@ impl Capture {
         self.sums = sums;
         self.txid = txid;
         self.cursor = Some(end);
-        self.expected_restart = Expect::Restart { salt1: header.salt1, seq: header.checkpoint_seq };
+        self.expected_restart = Expect::Restart { salt1: header.salt1 };
         self.since_checkpoint += range.bytes;
         Ok(Outcome::Captured(Captured {
             txid,
@@ -487,15 +509,92 @@ impl Capture {
     /// Nothing happens when the app holds the write lock right now or the tail is larger: the
     /// caller tries again after the next capture.
     pub fn checkpoint(&mut self) -> Result<(bool, Option<Captured>)> {
-        if let Err(e) = self.writer.execute_batch("BEGIN IMMEDIATE") {
-            if is_busy(&e) {
-                return Ok((false, None));
-            }
-            return Err(e).context("take write lock for checkpoint");
+        // Copy what the pin allows first, without the write lock (the app keeps writing
+        // meanwhile): under the lock only what arrived since is left to copy.
+        self.advance_pin()?;
+        self.own_checkpoint(|c| {
+            let _: (i64, i64, i64) = c
+                .writer
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .context("checkpoint up to the pin")?;
+            Ok(())
+        })?;
+        if !self.take_write_lock()? {
+            return Ok((false, None));
         }
-        let result = self.checkpoint_locked();
+        let result = self.own_checkpoint(|c| c.checkpoint_locked());
         let _ = self.writer.execute_batch("ROLLBACK");
+        if matches!(result, Ok((true, _))) && self.expected_restart != Expect::Nothing {
+            self.leave_mark_zero()?;
+        }
         result
+    }
+
+    /// Takes SQLite's checkpoint lock on the `-shm` file (an open-file-description lock, so it
+    /// is ours alone: SQLite's own locks in this process neither share it nor release it). While
+    /// we hold it, the app's auto-checkpoints give up at their first step. Without it, each of
+    /// them (one after every commit once the log is long) sorts the whole uncopied log before
+    /// finding our pin in the way, and may hold the lock when our checkpoint needs it.
+    pub fn hold_checkpoints(&mut self) -> Result<()> {
+        if self.holds_checkpoints || self.wal_index()?.is_none() {
+            return Ok(());
+        }
+        let Some(shm) = &self.shm else { return Ok(()) };
+        self.holds_checkpoints = wal::lock_checkpoints(shm, true).context("take the checkpoint lock")?;
+        Ok(())
+    }
+
+    /// Runs one of our checkpoints: lets the checkpoint lock go for it, and takes it back after
+    /// (the app may hold it for a moment in between).
+    fn own_checkpoint<T>(&mut self, run: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.holds_checkpoints {
+            if let Some(shm) = &self.shm {
+                wal::lock_checkpoints(shm, false).context("let the checkpoint lock go")?;
+            }
+            self.holds_checkpoints = false;
+        }
+        let result = run(self);
+        let deadline = Instant::now() + WRITE_LOCK_SPIN;
+        loop {
+            self.hold_checkpoints()?;
+            if self.holds_checkpoints || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        result
+    }
+
+    /// After a checkpoint that copied the whole log, the pin reads the database file alone
+    /// (read-mark 0), which keeps any checkpoint from copying. The pin moves into the new log as
+    /// soon as the app writes to it.
+    fn leave_mark_zero(&mut self) -> Result<()> {
+        let deadline = Instant::now() + PIN_SETTLE;
+        while !self.advance_pin()? && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// `BEGIN IMMEDIATE` on the writer connection, tried again at once for up to
+    /// `WRITE_LOCK_SPIN` while the app holds the lock. False when it never came free.
+    fn take_write_lock(&mut self) -> Result<bool> {
+        self.writer.busy_timeout(Duration::ZERO)?;
+        let deadline = Instant::now() + WRITE_LOCK_SPIN;
+        let taken = loop {
+            match self.writer.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => break Ok(true),
+                Err(e) if is_busy(&e) => {
+                    if Instant::now() >= deadline {
+                        break Ok(false);
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) => break Err(e).context("take write lock for checkpoint"),
+            }
+        };
+        self.writer.busy_timeout(BUSY_TIMEOUT)?;
+        taken
     }
 
     fn checkpoint_locked(&mut self) -> Result<(bool, Option<Captured>)> {
@@ -523,14 +622,23 @@ impl Capture {
         }
         self.pin.execute_batch("COMMIT").context("end read transaction")?;
         self.pinned = false;
-        let res: rusqlite::Result<(i64, i64, i64)> =
-            self.pin.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+        // An auto-checkpoint of the app's may still be running (if it took the checkpoint lock
+        // in a moment we had let it go); it cannot start another while we hold the write lock.
+        let deadline = Instant::now() + WRITE_LOCK_SPIN;
+        let res = loop {
+            let res: rusqlite::Result<(i64, i64, i64)> =
+                self.pin.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+            match res {
+                Ok((_, -1, _)) if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(50)),
+                res => break res,
+            }
+        };
         let repin = self.repin();
         let (busy, log, done) = res.context("checkpoint")?;
         repin?;
         self.since_checkpoint = 0;
         if busy == 0 && log >= 0 && log == done {
-            self.expected_restart = Expect::Restart { salt1: header.salt1, seq: header.checkpoint_seq };
+            self.expected_restart = Expect::Restart { salt1: header.salt1 };
         }
         Ok((true, tail))
     }
@@ -541,22 +649,29 @@ impl Capture {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
     Nothing,
-    /// The next log header carries salt-1 and checkpoint sequence one past these.
+    /// The next log header carries salt-1 one past this. (Not the checkpoint sequence too: that
+    /// is the restarting connection's own count of restarts, so a process that reopens the
+    /// database starts it again from 1.)
     Restart {
         salt1: u32,
-        seq: u32,
     },
     /// The log was empty: whatever header appears starts the log we read.
     Any,
 }
 
 impl Expect {
+    fn describe(self) -> String {
+        match self {
+            Expect::Nothing => "no restart".into(),
+            Expect::Restart { salt1 } => format!("salt-1 {:#010x}", salt1.wrapping_add(1)),
+            Expect::Any => "any log".into(),
+        }
+    }
+
     fn accepts(self, h: &WalHeader) -> bool {
         match self {
             Expect::Nothing => false,
-            Expect::Restart { salt1, seq } => {
-                h.salt1 == salt1.wrapping_add(1) && h.checkpoint_seq == seq.wrapping_add(1)
-            }
+            Expect::Restart { salt1 } => h.salt1 == salt1.wrapping_add(1),
             Expect::Any => true,
         }
     }

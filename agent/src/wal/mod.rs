@@ -259,6 +259,33 @@ pub struct WalIndex {
     pub backfilled: u32,
 }
 
+/// Byte of the `-shm` file that SQLite locks to checkpoint: its lock bytes start at 120, the
+/// write lock first, then the checkpoint lock.
+const CHECKPOINT_LOCK_BYTE: i64 = 121;
+
+/// Takes (`lock`) or lets go of SQLite's checkpoint lock with an open-file-description lock on
+/// `shm` (which must be open for writing). Such a lock belongs to the descriptor, not the
+/// process: it conflicts with SQLite's POSIX locks in this process too, and SQLite unlocking
+/// its own does not release it. Returns false when someone else holds the lock now.
+pub fn lock_checkpoints(shm: &File, lock: bool) -> std::io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{fcntl, FcntlArg};
+    use std::os::fd::AsRawFd;
+    let l_type = if lock { libc::F_WRLCK } else { libc::F_UNLCK };
+    let range = libc::flock {
+        l_type: l_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: CHECKPOINT_LOCK_BYTE,
+        l_len: 1,
+        l_pid: 0,
+    };
+    match fcntl(shm.as_raw_fd(), FcntlArg::F_OFD_SETLK(&range)) {
+        Ok(_) => Ok(true),
+        Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reads the wal-index header from the open `-shm` file; `Ok(None)` when it is not initialised
 /// or its two header copies kept disagreeing (a writer was updating it each time).
 ///
