@@ -506,8 +506,8 @@ impl Capture {
     /// are captured first, while the write lock holds the log still: under steady writes there
     /// is never a moment with nothing new, and without this the log would only ever grow.
     /// Returns whether the checkpoint ran, and the tail's transaction if one was captured.
-    /// Nothing happens when the app holds the write lock right now or the tail is larger: the
-    /// caller tries again after the next capture.
+    /// Nothing more happens when the write lock does not come free within `WRITE_LOCK_SPIN`
+    /// or the tail is larger: the caller tries again after the next capture.
     pub fn checkpoint(&mut self) -> Result<(bool, Option<Captured>)> {
         // Copy what the pin allows first, without the write lock (the app keeps writing
         // meanwhile): under the lock only what arrived since is left to copy.
@@ -523,8 +523,10 @@ impl Capture {
             return Ok((false, None));
         }
         let result = self.own_checkpoint(|c| c.checkpoint_locked());
+        // Read while the write lock still holds the log: whether the pin now has read-mark 0.
+        let copied_all = matches!(self.wal_index(), Ok(Some(i)) if i.backfilled == i.max_frame);
         let _ = self.writer.execute_batch("ROLLBACK");
-        if matches!(result, Ok((true, _))) && self.expected_restart != Expect::Nothing {
+        if matches!(result, Ok((true, _))) && copied_all {
             self.leave_mark_zero()?;
         }
         result
