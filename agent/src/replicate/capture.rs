@@ -44,10 +44,11 @@ pub const MAX_CAPTURE_BYTES: u64 = 64 << 20;
 /// Most uncaptured WAL bytes a checkpoint captures while it holds the app's write lock.
 pub const CHECKPOINT_TAIL_BYTES: u64 = 16 << 20;
 
-/// How long a checkpoint keeps trying for the write lock. A writer that never pauses releases
-/// it between two transactions for microseconds only, and SQLite's busy handler sleeps for
-/// milliseconds between its tries: it would never see those moments.
-const WRITE_LOCK_SPIN: Duration = Duration::from_millis(20);
+/// How long a checkpoint keeps trying for a lock the app may hold for a moment: the write lock,
+/// or the checkpoint lock back after our own checkpoint. A writer that never pauses releases
+/// the write lock between two transactions for microseconds only, and SQLite's busy handler
+/// sleeps for milliseconds between its tries: it would never see those moments.
+const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// How long after a checkpoint the pin waits for the app's next write to move into the new log.
 const PIN_SETTLE: Duration = Duration::from_millis(50);
@@ -506,7 +507,7 @@ impl Capture {
     /// are captured first, while the write lock holds the log still: under steady writes there
     /// is never a moment with nothing new, and without this the log would only ever grow.
     /// Returns whether the checkpoint ran, and the tail's transaction if one was captured.
-    /// Nothing more happens when the write lock does not come free within `WRITE_LOCK_SPIN`
+    /// Nothing more happens when the write lock does not come free within `LOCK_RETRY`
     /// or the tail is larger: the caller tries again after the next capture.
     pub fn checkpoint(&mut self) -> Result<(bool, Option<Captured>)> {
         // Copy what the pin allows first, without the write lock (the app keeps writing
@@ -537,7 +538,7 @@ impl Capture {
     /// we hold it, the app's auto-checkpoints give up at their first step. Without it, each of
     /// them (one after every commit once the log is long) sorts the whole uncopied log before
     /// finding our pin in the way, and may hold the lock when our checkpoint needs it.
-    pub fn hold_checkpoints(&mut self) -> Result<()> {
+    fn hold_checkpoints(&mut self) -> Result<()> {
         if self.holds_checkpoints || self.wal_index()?.is_none() {
             return Ok(());
         }
@@ -556,7 +557,7 @@ impl Capture {
             self.holds_checkpoints = false;
         }
         let result = run(self);
-        let deadline = Instant::now() + WRITE_LOCK_SPIN;
+        let deadline = Instant::now() + LOCK_RETRY;
         loop {
             self.hold_checkpoints()?;
             if self.holds_checkpoints || Instant::now() >= deadline {
@@ -579,10 +580,10 @@ impl Capture {
     }
 
     /// `BEGIN IMMEDIATE` on the writer connection, tried again at once for up to
-    /// `WRITE_LOCK_SPIN` while the app holds the lock. False when it never came free.
+    /// `LOCK_RETRY` while the app holds the lock. False when it never came free.
     fn take_write_lock(&mut self) -> Result<bool> {
         self.writer.busy_timeout(Duration::ZERO)?;
-        let deadline = Instant::now() + WRITE_LOCK_SPIN;
+        let deadline = Instant::now() + LOCK_RETRY;
         let taken = loop {
             match self.writer.execute_batch("BEGIN IMMEDIATE") {
                 Ok(()) => break Ok(true),
@@ -626,7 +627,7 @@ impl Capture {
         self.pinned = false;
         // An auto-checkpoint of the app's may still be running (if it took the checkpoint lock
         // in a moment we had let it go); it cannot start another while we hold the write lock.
-        let deadline = Instant::now() + WRITE_LOCK_SPIN;
+        let deadline = Instant::now() + LOCK_RETRY;
         let res = loop {
             let res: rusqlite::Result<(i64, i64, i64)> =
                 self.pin.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));

@@ -112,33 +112,50 @@ async fn get<'e, E: Executor<'e, Database = Postgres>>(
     raw.map(DatabaseRow::try_from).transpose()
 }
 
-/// One report update; false when the instance is unknown.
-async fn record_report_on<'e, E: Executor<'e, Database = Postgres>>(e: E, u: &ReportUpdate) -> Result<bool> {
-    let r = ReportColumns::new(u.report.as_ref());
-    let done = sqlx::query(
-        "UPDATE instances SET last_seen = GREATEST(last_seen, $2), database = $3, role = $4, \
-         report_generation = $5, report_local_txid = $6, report_durable_txid = $7, report_lag_seconds = $8, \
-         report_lag_bytes = $9, report_last_upload_at = $10, report_uploads = $11, report_upload_errors = $12, \
-         report_upload_blocked = $13, report_state = $14, report_durable_checksum = $15 WHERE id = $1",
-    )
-    .bind(u.instance.as_str())
-    .bind(u.at)
-    .bind(u.database.as_str())
-    .bind(&u.role)
-    .bind(r.generation)
-    .bind(r.local_txid)
-    .bind(r.durable_txid)
-    .bind(r.lag_seconds)
-    .bind(r.lag_bytes)
-    .bind(r.last_upload_at)
-    .bind(r.uploads)
-    .bind(r.upload_errors)
-    .bind(r.upload_blocked)
-    .bind(r.state)
-    .bind(r.durable_checksum)
-    .execute(e)
-    .await?;
-    Ok(done.rows_affected() > 0)
+/// Report updates in one statement. An instance this store does not know (yet) matches no row
+/// and is skipped: one stray heartbeat must not cost everybody else's reports. Returns how many
+/// instances were updated.
+async fn record_reports_on<'e, E: Executor<'e, Database = Postgres>>(e: E, batch: &[ReportUpdate]) -> Result<u64> {
+    let mut q = QueryBuilder::<Postgres>::new(
+        "UPDATE instances AS i SET last_seen = GREATEST(i.last_seen, v.at), \
+         database = v.db, role = v.role, report_generation = v.g, report_local_txid = v.lt, \
+         report_durable_txid = v.dt, report_lag_seconds = v.ls, report_lag_bytes = v.lb, \
+         report_last_upload_at = v.lu, report_uploads = v.up, report_upload_errors = v.ue, \
+         report_upload_blocked = v.ub, report_state = v.st, report_durable_checksum = v.dc FROM (",
+    );
+    // The casts type the VALUES columns, which PostgreSQL would otherwise take as text.
+    q.push_values(batch, |mut b, u| {
+        let r = ReportColumns::new(u.report.as_ref());
+        b.push_bind(u.instance.to_string())
+            .push_bind(u.at)
+            .push_unseparated("::BIGINT")
+            .push_bind(u.database.to_string())
+            .push_bind(u.role.clone())
+            .push_bind(r.generation)
+            .push_unseparated("::BIGINT")
+            .push_bind(r.local_txid)
+            .push_unseparated("::BIGINT")
+            .push_bind(r.durable_txid)
+            .push_unseparated("::BIGINT")
+            .push_bind(r.lag_seconds)
+            .push_unseparated("::DOUBLE PRECISION")
+            .push_bind(r.lag_bytes)
+            .push_unseparated("::BIGINT")
+            .push_bind(r.last_upload_at)
+            .push_unseparated("::BIGINT")
+            .push_bind(r.uploads)
+            .push_unseparated("::BIGINT")
+            .push_bind(r.upload_errors)
+            .push_unseparated("::BIGINT")
+            .push_bind(r.upload_blocked)
+            .push_unseparated("::BOOLEAN")
+            .push_bind(r.state)
+            .push_unseparated("::TEXT")
+            .push_bind(r.durable_checksum)
+            .push_unseparated("::BIGINT");
+    });
+    q.push(") AS v(id, at, db, role, g, lt, dt, ls, lb, lu, up, ue, ub, st, dc) WHERE i.id = v.id");
+    Ok(q.build().persistent(false).execute(e).await?.rows_affected())
 }
 
 #[async_trait]
@@ -508,58 +525,16 @@ impl Store for PostgresStore {
             report: report.cloned(),
             at: now,
         };
-        if !record_report_on(&self.pool, &update).await? {
+        if record_reports_on(&self.pool, std::slice::from_ref(&update)).await? == 0 {
             return Err(StoreError::NotFound { what: "instance", name: id.to_string() });
         }
         Ok(())
     }
 
     async fn record_reports(&self, batch: &[ReportUpdate]) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+        if !batch.is_empty() {
+            record_reports_on(&self.pool, batch).await?;
         }
-        // One statement for the whole batch. An instance this store does not know (yet) matches
-        // no row and is skipped: one stray heartbeat must not cost everybody else's reports.
-        let mut q = QueryBuilder::<Postgres>::new(
-            "UPDATE instances AS i SET last_seen = GREATEST(i.last_seen, v.at), \
-             database = v.db, role = v.role, report_generation = v.g, report_local_txid = v.lt, \
-             report_durable_txid = v.dt, report_lag_seconds = v.ls, report_lag_bytes = v.lb, \
-             report_last_upload_at = v.lu, report_uploads = v.up, report_upload_errors = v.ue, \
-             report_upload_blocked = v.ub, report_state = v.st, report_durable_checksum = v.dc FROM (",
-        );
-        // The casts type the VALUES columns, which PostgreSQL would otherwise take as text.
-        q.push_values(batch, |mut b, u| {
-            let r = ReportColumns::new(u.report.as_ref());
-            b.push_bind(u.instance.to_string())
-                .push_bind(u.at)
-                .push_unseparated("::BIGINT")
-                .push_bind(u.database.to_string())
-                .push_bind(u.role.clone())
-                .push_bind(r.generation)
-                .push_unseparated("::BIGINT")
-                .push_bind(r.local_txid)
-                .push_unseparated("::BIGINT")
-                .push_bind(r.durable_txid)
-                .push_unseparated("::BIGINT")
-                .push_bind(r.lag_seconds)
-                .push_unseparated("::DOUBLE PRECISION")
-                .push_bind(r.lag_bytes)
-                .push_unseparated("::BIGINT")
-                .push_bind(r.last_upload_at)
-                .push_unseparated("::BIGINT")
-                .push_bind(r.uploads)
-                .push_unseparated("::BIGINT")
-                .push_bind(r.upload_errors)
-                .push_unseparated("::BIGINT")
-                .push_bind(r.upload_blocked)
-                .push_unseparated("::BOOLEAN")
-                .push_bind(r.state)
-                .push_unseparated("::TEXT")
-                .push_bind(r.durable_checksum)
-                .push_unseparated("::BIGINT");
-        });
-        q.push(") AS v(id, at, db, role, g, lt, dt, ls, lb, lu, up, ue, ub, st, dc) WHERE i.id = v.id");
-        q.build().persistent(false).execute(&self.pool).await?;
         Ok(())
     }
 

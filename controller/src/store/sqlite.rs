@@ -241,33 +241,37 @@ impl Key {
     }
 }
 
-const RECORD_REPORT: &str = "UPDATE instances SET last_seen = MAX(last_seen, $2), database = $3, role = $4, \
-     report_generation = $5, report_local_txid = $6, report_durable_txid = $7, report_lag_seconds = $8, \
-     report_lag_bytes = $9, report_last_upload_at = $10, report_uploads = $11, report_upload_errors = $12, \
-     report_upload_blocked = $13, report_state = $14, report_durable_checksum = $15 WHERE id = $1";
-
-/// One report update; false when the instance is unknown.
-async fn record_report_on(conn: &mut SqliteConnection, u: &ReportUpdate) -> Result<bool> {
-    let r = ReportColumns::new(u.report.as_ref());
-    let done = sqlx::query(RECORD_REPORT)
-        .bind(u.instance.as_str())
-        .bind(u.at)
-        .bind(u.database.as_str())
-        .bind(&u.role)
-        .bind(r.generation)
-        .bind(r.local_txid)
-        .bind(r.durable_txid)
-        .bind(r.lag_seconds)
-        .bind(r.lag_bytes)
-        .bind(r.last_upload_at)
-        .bind(r.uploads)
-        .bind(r.upload_errors)
-        .bind(r.upload_blocked)
-        .bind(r.state)
-        .bind(r.durable_checksum)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() > 0)
+/// Report updates in one statement (the writer is shared with every renewal, so it is held
+/// for one statement, not one per instance). An instance this store does not know (yet)
+/// matches no row and is skipped. Returns how many instances were updated.
+async fn record_reports_on(conn: &mut SqliteConnection, batch: &[ReportUpdate]) -> Result<u64> {
+    let mut q = QueryBuilder::<Sqlite>::new("WITH v(id, at, db, role, g, lt, dt, ls, lb, lu, up, ue, ub, st, dc) AS (");
+    q.push_values(batch, |mut b, u| {
+        let r = ReportColumns::new(u.report.as_ref());
+        b.push_bind(u.instance.to_string())
+            .push_bind(u.at)
+            .push_bind(u.database.to_string())
+            .push_bind(u.role.clone())
+            .push_bind(r.generation)
+            .push_bind(r.local_txid)
+            .push_bind(r.durable_txid)
+            .push_bind(r.lag_seconds)
+            .push_bind(r.lag_bytes)
+            .push_bind(r.last_upload_at)
+            .push_bind(r.uploads)
+            .push_bind(r.upload_errors)
+            .push_bind(r.upload_blocked)
+            .push_bind(r.state)
+            .push_bind(r.durable_checksum);
+    });
+    q.push(
+        ") UPDATE instances SET last_seen = MAX(last_seen, v.at), database = v.db, role = v.role, \
+         report_generation = v.g, report_local_txid = v.lt, report_durable_txid = v.dt, \
+         report_lag_seconds = v.ls, report_lag_bytes = v.lb, report_last_upload_at = v.lu, \
+         report_uploads = v.up, report_upload_errors = v.ue, report_upload_blocked = v.ub, \
+         report_state = v.st, report_durable_checksum = v.dc FROM v WHERE instances.id = v.id",
+    );
+    Ok(q.build().persistent(false).execute(conn).await?.rows_affected())
 }
 
 #[async_trait]
@@ -746,9 +750,9 @@ impl Store for SqliteStore {
             report: report.cloned(),
             at: now,
         };
-        self.write(move |c| {
+        self.write_one(move |c| {
             Box::pin(async move {
-                if !record_report_on(c, &update).await? {
+                if record_reports_on(c, std::slice::from_ref(&update)).await? == 0 {
                     return Err(StoreError::NotFound { what: "instance", name: update.instance.to_string() });
                 }
                 Ok(())
@@ -764,38 +768,7 @@ impl Store for SqliteStore {
         let batch = batch.to_vec();
         self.write_one(move |c| {
             Box::pin(async move {
-                // One statement for the whole batch: the writer is shared with every renewal, so
-                // it is held for one statement, not one per instance. An instance this store does
-                // not know (yet) matches no row and is skipped.
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "WITH v(id, at, db, role, g, lt, dt, ls, lb, lu, up, ue, ub, st, dc) AS (",
-                );
-                q.push_values(&batch, |mut b, u| {
-                    let r = ReportColumns::new(u.report.as_ref());
-                    b.push_bind(u.instance.to_string())
-                        .push_bind(u.at)
-                        .push_bind(u.database.to_string())
-                        .push_bind(u.role.clone())
-                        .push_bind(r.generation)
-                        .push_bind(r.local_txid)
-                        .push_bind(r.durable_txid)
-                        .push_bind(r.lag_seconds)
-                        .push_bind(r.lag_bytes)
-                        .push_bind(r.last_upload_at)
-                        .push_bind(r.uploads)
-                        .push_bind(r.upload_errors)
-                        .push_bind(r.upload_blocked)
-                        .push_bind(r.state)
-                        .push_bind(r.durable_checksum);
-                });
-                q.push(
-                    ") UPDATE instances SET last_seen = MAX(last_seen, v.at), database = v.db, role = v.role, \
-                     report_generation = v.g, report_local_txid = v.lt, report_durable_txid = v.dt, \
-                     report_lag_seconds = v.ls, report_lag_bytes = v.lb, report_last_upload_at = v.lu, \
-                     report_uploads = v.up, report_upload_errors = v.ue, report_upload_blocked = v.ub, \
-                     report_state = v.st, report_durable_checksum = v.dc FROM v WHERE instances.id = v.id",
-                );
-                q.build().persistent(false).execute(&mut *c).await?;
+                record_reports_on(c, &batch).await?;
                 Ok(())
             })
         })
