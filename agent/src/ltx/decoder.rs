@@ -2,8 +2,6 @@
 
 use std::io::{self, BufReader, Read};
 
-use crc::Digest;
-
 use super::checksum::{hasher, DatabaseChecksum};
 use super::encoder::put_uvarint;
 use super::header::{check_page_order, check_snapshot_complete};
@@ -29,13 +27,13 @@ pub struct Decoder<R: Read> {
     header: Header,
     lock_pgno: u32,
     state: State,
-    hash: Digest<'static, u64, super::checksum::Table>,
+    hash: super::checksum::Hasher,
     read: u64,
     prev_pgno: u32,
     /// Present when this is a snapshot whose post-apply checksum we verify.
     db_checksum: Option<DatabaseChecksum>,
     /// Hash and length of the page index the pages read so far imply.
-    expected_index: Digest<'static, u64, super::checksum::Table>,
+    expected_index: super::checksum::Hasher,
     expected_index_len: u64,
     compressed: Vec<u8>,
 }

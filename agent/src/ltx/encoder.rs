@@ -2,8 +2,6 @@
 
 use std::io::Write;
 
-use crc::Digest;
-
 use super::checksum::hasher;
 use super::header::{check_page_order, check_snapshot_complete};
 use super::{Header, LtxError, Trailer, CHECKSUM_FLAG, PAGE_FLAG_SIZE, PAGE_HEADER_SIZE};
@@ -17,7 +15,7 @@ pub struct Encoder<W: Write> {
     w: W,
     header: Header,
     lock_pgno: u32,
-    hash: Digest<'static, u64, super::checksum::Table>,
+    hash: super::checksum::Hasher,
     written: u64,
     prev_pgno: u32,
     /// Encoded page index entries, in page order (which is pgno order).

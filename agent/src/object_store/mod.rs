@@ -37,12 +37,12 @@ pub use s3::{S3Credentials, S3Settings, S3Store};
 pub const TIMESTAMP_METADATA_KEY: &str = "litestream-timestamp";
 
 /// Bodies above this size go through multipart upload in [`ObjectStore::put_file`].
-pub const MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
+pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
 /// Part size of multipart uploads.
-pub const MULTIPART_PART_SIZE: u64 = 8 * 1024 * 1024;
-/// Parts uploaded concurrently; with [`MULTIPART_PART_SIZE`] this bounds buffered bytes to 16 MiB
-/// (the agent fixes glibc's mmap threshold so freed part buffers go back to the system).
-pub const MULTIPART_MAX_IN_FLIGHT: usize = 2;
+pub const MULTIPART_PART_SIZE: u64 = 16 * 1024 * 1024;
+/// Parts uploaded concurrently. Parts stream from the file, so this costs read buffers, not
+/// part-sized ones.
+pub const MULTIPART_MAX_IN_FLIGHT: usize = 4;
 
 /// One store over a local directory or an S3-compatible bucket.
 #[derive(Clone, Debug)]
@@ -237,8 +237,9 @@ impl ObjectStore {
         }
     }
 
-    /// Uploads a local file with bounded memory: one PUT up to [`MULTIPART_THRESHOLD`], else
-    /// multipart with [`MULTIPART_PART_SIZE`] parts, [`MULTIPART_MAX_IN_FLIGHT`] at a time. The
+    /// Uploads a local file with bounded memory (S3: bodies over 1 MiB stream from the file with
+    /// their MD5): one PUT up to [`MULTIPART_THRESHOLD`], else multipart with
+    /// [`MULTIPART_PART_SIZE`] parts, [`MULTIPART_MAX_IN_FLIGHT`] at a time. The
     /// condition applies to the request that makes the object visible. The file must not change
     /// while it is uploaded.
     ///

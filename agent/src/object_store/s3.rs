@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::config::http::HttpResponse;
@@ -12,7 +11,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -45,6 +44,11 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// S3's limits: keys per DeleteObjects request, parts per multipart upload.
 const DELETE_BATCH: usize = 1000;
 const MAX_PARTS: u64 = 10_000;
+/// Files up to this size are uploaded from memory with a signed payload; larger ones stream
+/// from disk, so no upload holds more than this (plus read buffers) in memory.
+const STREAM_THRESHOLD: u64 = 1 << 20;
+/// Read buffer of a body streamed from disk.
+const READ_BUFFER: usize = 256 << 10;
 
 /// Static credentials; `Debug` does not print the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -194,14 +198,29 @@ impl S3Store {
         body: Bytes,
         opts: &PutOptions,
     ) -> Result<Option<String>, ObjectStoreError> {
+        let len = body.len() as u64;
+        self.put_body(key, ByteStream::from(body), len, None, opts).await
+    }
+
+    /// One PutObject. In-memory bodies are covered by the SigV4 signature; bodies streamed from
+    /// a file go unsigned and carry their MD5 instead, which the server checks.
+    pub(super) async fn put_body(
+        &self,
+        key: &str,
+        body: ByteStream,
+        len: u64,
+        md5: Option<String>,
+        opts: &PutOptions,
+    ) -> Result<Option<String>, ObjectStoreError> {
         self.counts.record(RequestKind::Put);
         let mut request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
-            .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
-            .body(ByteStream::from(body));
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .set_content_md5(md5)
+            .body(body);
         if let Some(timestamp) = opts.timestamp {
             request = request.metadata(TIMESTAMP_METADATA_KEY, format_timestamp(timestamp));
         }
@@ -219,16 +238,19 @@ impl S3Store {
     ) -> Result<Option<String>, ObjectStoreError> {
         let io_err = |err| ObjectStoreError::io("put_file: read source", key, err);
         let size = tokio::fs::metadata(path).await.map_err(io_err)?.len();
-        if size <= MULTIPART_THRESHOLD {
+        if size <= STREAM_THRESHOLD {
             let body = tokio::fs::read(path).await.map_err(io_err)?;
             return self.put(key, Bytes::from(body), opts).await;
+        }
+        if size <= MULTIPART_THRESHOLD {
+            let (body, md5) = file_range(path, 0, size).await.map_err(io_err)?;
+            return self.put_body(key, body, size, Some(md5), opts).await;
         }
         if opts.condition == PutCondition::IfNoneMatch && self.head(key).await?.is_some() {
             // Fail before uploading; the completing request carries the condition too, but
             // some servers (Ceph RGW) ignore it there.
             return Err(ObjectStoreError::PreconditionFailed { key: key.to_string() });
         }
-        let file = std::fs::File::open(path).map_err(io_err)?;
         let full_key = self.full_key(key);
         let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(&full_key);
         if let Some(timestamp) = opts.timestamp {
@@ -239,7 +261,7 @@ impl S3Store {
         let upload_id = created.upload_id().filter(|id| !id.is_empty()).ok_or_else(|| {
             ObjectStoreError::other("create multipart upload", key, "no upload id in the response", false)
         })?;
-        let result = self.upload_parts(key, &full_key, upload_id, Arc::new(file), size, opts).await;
+        let result = self.upload_parts(key, &full_key, upload_id, path, size, opts).await;
         if result.is_err() {
             self.counts.record(RequestKind::Delete);
             let abort = self
@@ -262,25 +284,22 @@ impl S3Store {
         key: &str,
         full_key: &str,
         upload_id: &str,
-        file: Arc<std::fs::File>,
+        path: &Path,
         size: u64,
         opts: &PutOptions,
     ) -> Result<Option<String>, ObjectStoreError> {
-        // Past 10,000 parts of 8 MiB (78 GiB) parts grow, and with them the memory bound.
+        // Past 10,000 parts of the default size parts grow (S3's limit on part count).
         let part_size = MULTIPART_PART_SIZE.max(size.div_ceil(MAX_PARTS));
         let part_count = size.div_ceil(part_size);
         let mut parts: Vec<CompletedPart> = futures::stream::iter(0..part_count)
-            .map(|index| {
-                let file = file.clone();
-                async move {
-                    let offset = index * part_size;
-                    let len = part_size.min(size - offset);
-                    let body = read_at(file, offset, len)
-                        .await
-                        .map_err(|err| ObjectStoreError::io("put_file: read source", key, err))?;
-                    let part_number = i32::try_from(index + 1).unwrap_or(i32::MAX);
-                    self.upload_part(key, full_key, upload_id, part_number, body).await
-                }
+            .map(|index| async move {
+                let offset = index * part_size;
+                let len = part_size.min(size - offset);
+                let (body, md5) = file_range(path, offset, len)
+                    .await
+                    .map_err(|err| ObjectStoreError::io("put_file: read source", key, err))?;
+                let part_number = i32::try_from(index + 1).unwrap_or(i32::MAX);
+                self.upload_part(key, full_key, upload_id, part_number, body, len, md5).await
             })
             .buffer_unordered(MULTIPART_MAX_IN_FLIGHT)
             .try_collect()
@@ -303,13 +322,16 @@ impl S3Store {
         Ok(non_empty(out.e_tag()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn upload_part(
         &self,
         key: &str,
         full_key: &str,
         upload_id: &str,
         part_number: i32,
-        body: Bytes,
+        body: ByteStream,
+        len: u64,
+        md5: String,
     ) -> Result<CompletedPart, ObjectStoreError> {
         self.counts.record(RequestKind::Put);
         let out = self
@@ -319,8 +341,9 @@ impl S3Store {
             .key(full_key)
             .upload_id(upload_id)
             .part_number(part_number)
-            .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
-            .body(ByteStream::from(body))
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .content_md5(md5)
+            .body(body)
             .send()
             .await
             .map_err(|err| map_sdk_error("upload part", key, err))?;
@@ -363,8 +386,17 @@ impl S3Store {
             Err(err) => return Err(map_sdk_error("get_range", key, err)),
         };
         let ranged = out.content_range().is_some();
-        let body =
-            out.body.collect().await.map_err(|err| ObjectStoreError::other("get_range", key, err, true))?.into_bytes();
+        // Into one buffer of the range's size as it arrives (collecting the chunks and then
+        // joining them would hold the range twice).
+        let expected = out.content_length().and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+        let mut body = bytes::BytesMut::with_capacity(expected.min(usize::try_from(len).unwrap_or(usize::MAX)));
+        let mut stream = out.body;
+        while let Some(chunk) =
+            stream.try_next().await.map_err(|err| ObjectStoreError::other("get_range", key, err, true))?
+        {
+            body.extend_from_slice(&chunk);
+        }
+        let body = body.freeze();
         if ranged {
             return Ok(body);
         }
@@ -532,15 +564,37 @@ fn is_aws_endpoint(endpoint: &str) -> bool {
     host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
 }
 
-async fn read_at(file: Arc<std::fs::File>, offset: u64, len: u64) -> std::io::Result<Bytes> {
+/// A byte range of a file as a request body streamed from disk (the SDK reopens the file for
+/// a retry), and the range's MD5 in base64 for `Content-MD5`: the file is read twice, but no
+/// more than a read buffer of it is ever in memory.
+async fn file_range(path: &Path, offset: u64, len: u64) -> std::io::Result<(ByteStream, String)> {
+    use md5::{Digest, Md5};
     use std::os::unix::fs::FileExt;
-    let len = usize::try_from(len).map_err(std::io::Error::other)?;
-    let read = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset).map(|()| Bytes::from(buf))
+    let owned = path.to_path_buf();
+    let md5 = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(owned)?;
+        let mut hash = Md5::new();
+        let mut buf = vec![0u8; READ_BUFFER];
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let n = usize::try_from(end - at).unwrap_or(usize::MAX).min(buf.len());
+            file.read_exact_at(&mut buf[..n], at)?;
+            hash.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok::<_, std::io::Error>(aws_smithy_types::base64::encode(hash.finalize()))
     })
-    .await;
-    read.map_err(std::io::Error::other)?
+    .await
+    .map_err(std::io::Error::other)??;
+    let body = ByteStream::read_from()
+        .path(path)
+        .offset(offset)
+        .length(Length::Exact(len))
+        .buffer_size(READ_BUFFER)
+        .build()
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok((body, md5))
 }
 
 /// An error response from the server, with what it said.

@@ -112,6 +112,18 @@ async fn blocking<T: Send + 'static>(
 const COMPACTION_LEVELS: [(u8, Duration); 3] =
     [(1, Duration::from_secs(30)), (2, Duration::from_secs(300)), (3, Duration::from_secs(3600))];
 
+/// How long shutdown waits for a compaction that is still running, after the final flush.
+const COMPACTION_GRACE: Duration = Duration::from_secs(2);
+
+/// A compaction running on its own task: the files of `level - 1` it folds (a prefix of that
+/// level's local list) and where its output is.
+struct Compaction {
+    level: u8,
+    inputs: Vec<(Txid, Txid, PathBuf)>,
+    out: PathBuf,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
 struct Session {
     /// Local copies of uploaded files per level (0..=2) awaiting compaction: (min, max, path).
     local: [Vec<(Txid, Txid, PathBuf)>; 3],
@@ -141,6 +153,7 @@ impl DbReplicator {
         let mut last_upload: Option<Instant> = None;
         let mut last_checkpoint = Instant::now();
         let mut last_compaction = [Instant::now(); COMPACTION_LEVELS.len()];
+        let mut compacting: Option<Compaction> = None;
         let mut last_snapshot = Instant::now();
         // The transaction the last snapshot covers: an idle database is not snapshotted again.
         let mut snapshotted: Option<Txid> = None;
@@ -227,11 +240,21 @@ impl DbReplicator {
                     }
                 }
             }
-            for (i, (level, every)) in COMPACTION_LEVELS.iter().enumerate() {
-                if last_compaction[i].elapsed() >= *every {
-                    last_compaction[i] = Instant::now();
-                    if let Err(e) = self.compact(&mut session, *level).await {
-                        warn!(error = %format!("{e:#}"), level, "compaction failed; will retry");
+            // Compaction runs beside the loop, one level at a time, so a large merge and its
+            // upload never hold back the next transaction's upload.
+            if compacting.as_ref().is_some_and(|c| c.task.is_finished()) {
+                if let Some(c) = compacting.take() {
+                    self.compacted(&mut session, c).await;
+                }
+            }
+            if compacting.is_none() {
+                for (i, (level, every)) in COMPACTION_LEVELS.iter().enumerate() {
+                    if last_compaction[i].elapsed() >= *every {
+                        last_compaction[i] = Instant::now();
+                        compacting = self.start_compaction(&session, *level);
+                        if compacting.is_some() {
+                            break;
+                        }
                     }
                 }
             }
@@ -252,7 +275,15 @@ impl DbReplicator {
                 }
             }
         }
-        self.shutdown(&cap, &mut session).await
+        let sealed = self.shutdown(&cap, &mut session).await;
+        // A compaction still running only folds durable transactions: let it finish or stop it.
+        if let Some(mut c) = compacting {
+            if tokio::time::timeout(COMPACTION_GRACE, &mut c.task).await.is_err() {
+                c.task.abort();
+                info!(db = %self.metrics.name, level = c.level, "stopped an unfinished compaction at shutdown");
+            }
+        }
+        sealed
     }
 
     /// Final flush and seal, bounded by the shutdown timeout.
@@ -438,40 +469,58 @@ impl DbReplicator {
         Ok(true)
     }
 
-    /// Folds the local files of `level - 1` into one file at `level` and uploads it.
-    async fn compact(&self, session: &mut Session, level: u8) -> Result<()> {
-        let below = (level - 1) as usize;
-        if session.local[below].len() < 2 {
-            return Ok(());
+    /// Starts folding the local files of `level - 1` into one file at `level` and uploading
+    /// it, on its own task; `None` when there is nothing to fold.
+    fn start_compaction(&self, session: &Session, level: u8) -> Option<Compaction> {
+        let inputs = session.local[(level - 1) as usize].clone();
+        if inputs.len() < 2 {
+            return None;
         }
-        let inputs = session.local[below].clone();
         let (min, max) = (inputs[0].0, inputs[inputs.len() - 1].1);
         let out = state::dir_for(&self.db_path).join("staging").join(format!("compact-{level}.ltx"));
-        let paths: Vec<PathBuf> = inputs.iter().map(|i| i.2.clone()).collect();
-        let o = out.clone();
-        let (header, _) = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-            compact::merge(&refs, &o)
-        })
-        .await
-        .context("compaction task")??;
         let key =
             layout::ltx_key(&self.store.backend(), &layout::generation_prefix(session.generation), level, min, max);
-        let opts = PutOptions {
-            condition: if session.conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
-            timestamp: Utc.timestamp_millis_opt(header.timestamp_ms).single(),
+        let (store, conditional, o, upload) = (self.store.clone(), session.conditional, out.clone(), out.clone());
+        let paths: Vec<PathBuf> = inputs.iter().map(|i| i.2.clone()).collect();
+        let task = tokio::spawn(async move {
+            let header = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+                compact::merge(&refs, &o)
+            })
+            .await
+            .context("compaction task")??
+            .0;
+            let opts = PutOptions {
+                condition: if conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
+                timestamp: Utc.timestamp_millis_opt(header.timestamp_ms).single(),
+            };
+            match store.put_file(&key, &upload, &opts).await {
+                Ok(_) | Err(ObjectStoreError::PreconditionFailed { .. }) => Ok(()),
+                Err(e) => Err(anyhow::Error::from(e).context(format!("upload {key}"))),
+            }
+        });
+        Some(Compaction { level, inputs, out, task })
+    }
+
+    /// Takes a finished compaction's result: its inputs go, its output is kept for the level
+    /// above. A failed one leaves everything as it was, to be tried again.
+    async fn compacted(&self, session: &mut Session, c: Compaction) {
+        let result = match c.task.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::Error::from(e).context("compaction task")),
         };
-        match self.store.put_file(&key, &out, &opts).await {
-            Ok(_) | Err(ObjectStoreError::PreconditionFailed { .. }) => {}
-            Err(e) => return Err(anyhow::Error::from(e).context(format!("upload {key}"))),
+        if let Err(e) = result {
+            warn!(error = %format!("{e:#}"), level = c.level, "compaction failed; will retry");
+            return;
         }
-        for (_, _, p) in &inputs {
+        let below = (c.level - 1) as usize;
+        for (_, _, p) in &c.inputs {
             let _ = std::fs::remove_file(p);
         }
-        session.local[below].drain(..inputs.len());
-        self.keep_for_compaction(session, level, min, max, &out);
-        info!(level, %min, %max, files = inputs.len(), "compacted");
-        Ok(())
+        session.local[below].drain(..c.inputs.len());
+        let (min, max) = (c.inputs[0].0, c.inputs[c.inputs.len() - 1].1);
+        self.keep_for_compaction(session, c.level, min, max, &c.out);
+        info!(level = c.level, %min, %max, files = c.inputs.len(), "compacted");
     }
 
     fn save_state(&self, session: &Session) -> Result<()> {
@@ -697,10 +746,16 @@ fn wal_stat(db: &Path) -> Option<(u64, std::time::SystemTime)> {
 /// The watch is paused from the first event until the loop is ready for the next one: under
 /// steady writes every commit would otherwise wake the agent, and on a small machine those
 /// wake-ups are taken from the app.
+/// Wakes the loop when the WAL changes. It watches the `-wal` file itself when it exists and
+/// the directory (for its creation) only when it does not: a directory watch would also deliver
+/// every write of every other file there (another database's log beside this one costs a
+/// wake-up in the watcher per commit).
 struct WalWatcher {
     inner: Option<notify::RecommendedWatcher>,
+    wal: PathBuf,
     dir: PathBuf,
-    watching: bool,
+    /// What is watched now: the `-wal` file or the directory.
+    watching: Option<PathBuf>,
 }
 
 impl WalWatcher {
@@ -709,30 +764,39 @@ impl WalWatcher {
         wal.push("-wal");
         let wal = PathBuf::from(wal);
         let dir = db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let name = wal.file_name().map(|n| n.to_owned());
         let inner = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = ev {
-                if ev.paths.iter().any(|p| p.file_name() == wal.file_name()) {
+                if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
                     let _ = tx.try_send(());
                 }
             }
         })
         .map_err(|e| warn!(error = %e, "no file watcher; polling once a second"))
         .ok();
-        WalWatcher { inner, dir, watching: false }
+        WalWatcher { inner, wal, dir, watching: None }
     }
 
     fn resume(&mut self) {
         use notify::Watcher;
-        if let (false, Some(w)) = (self.watching, self.inner.as_mut()) {
-            self.watching = w.watch(&self.dir, notify::RecursiveMode::NonRecursive).is_ok();
+        let Some(w) = self.inner.as_mut() else { return };
+        // The log may have been deleted (and recreated) since the last look: re-aim.
+        let target = if self.wal.exists() { &self.wal } else { &self.dir };
+        if self.watching.as_ref() == Some(target) {
+            return;
+        }
+        if let Some(old) = self.watching.take() {
+            let _ = w.unwatch(&old);
+        }
+        if w.watch(target, notify::RecursiveMode::NonRecursive).is_ok() {
+            self.watching = Some(target.clone());
         }
     }
 
     fn pause(&mut self) {
         use notify::Watcher;
-        if let (true, Some(w)) = (self.watching, self.inner.as_mut()) {
-            let _ = w.unwatch(&self.dir);
-            self.watching = false;
+        if let (Some(old), Some(w)) = (self.watching.take(), self.inner.as_mut()) {
+            let _ = w.unwatch(&old);
         }
     }
 }

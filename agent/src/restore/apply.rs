@@ -16,7 +16,6 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 use proto::model::Txid;
-use tokio_util::io::SyncIoBridge;
 
 use crate::layout::LtxObject;
 use crate::ltx::{self, Decoder};
@@ -25,6 +24,10 @@ use crate::pages::PageSums;
 
 const PREFETCH: usize = 4;
 const PREFETCH_MAX_BYTES: u64 = 8 << 20;
+/// A large file is read as ranges of this size, `RANGES_IN_FLIGHT` at a time: one stream from
+/// a store is often slower than the restore can apply, several in parallel are not.
+const RANGE: u64 = 2 << 20;
+const RANGES_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -78,13 +81,7 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
         files += 1;
         let reader: Box<dyn Read + Send> = match body {
             Body::Fetched(b) => Box::new(std::io::Cursor::new(b)),
-            Body::Stream => {
-                let s = store
-                    .get_stream(&obj.key)
-                    .await
-                    .with_context(|| format!("fetch {} from {}", obj.key, store.describe()))?;
-                Box::new(SyncIoBridge::new(s))
-            }
+            Body::Stream => Box::new(Ranged::fetch(store.clone(), obj.key.clone(), obj.size)),
         };
         let out = out.clone();
         let key = obj.key.clone();
@@ -168,4 +165,107 @@ fn apply_one(out: &File, reader: Box<dyn Read + Send>, prev: Option<(PageSums, u
     let trailer = dec.finish()?;
     sums.truncate(h.commit);
     Ok((sums, h.commit, h, trailer))
+}
+
+/// A large object read as consecutive ranges fetched in parallel, in order, with at most
+/// `RANGES_IN_FLIGHT` ranges fetched ahead of the reader (the bound on its memory).
+struct Ranged {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Ranged {
+    /// Starts fetching `key`, whose stored size is `size` (an encrypted object's content is
+    /// shorter: the first short range ends it).
+    fn fetch(store: Arc<ObjectStore>, key: String, size: u64) -> Ranged {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let ranges = futures::stream::iter(0..size.div_ceil(RANGE))
+                .map(|i| {
+                    let (store, key) = (store.clone(), key.clone());
+                    async move {
+                        store
+                            .get_range(&key, i * RANGE, RANGE)
+                            .await
+                            .with_context(|| format!("fetch {key} from {}", store.describe()))
+                    }
+                })
+                .buffered(RANGES_IN_FLIGHT);
+            futures::pin_mut!(ranges);
+            while let Some(range) = ranges.next().await {
+                let last = range.as_ref().map_or(true, |b| (b.len() as u64) < RANGE);
+                // The reader is gone (it failed): stop fetching.
+                if tx.send(range).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ranged { rx, current: Bytes::new() }
+    }
+}
+
+impl Read for Ranged {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(std::io::Error::other(format!("{e:#}"))),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object_store::{FileStore, PutOptions};
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()
+    }
+
+    /// Reads `key` through `Ranged` on a blocking thread, as the restore does.
+    async fn read_ranged(store: Arc<ObjectStore>, key: &str, size: u64) -> std::io::Result<Vec<u8>> {
+        let mut reader = Ranged::fetch(store, key.to_string(), size);
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).map(|_| out)
+        })
+        .await
+        .expect("reader task")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranged_reads_whole_objects_plain_and_encrypted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let plain = Arc::new(ObjectStore::File(FileStore::new(dir.path().join("plain"))));
+        let key: crate::object_store::EncryptionKey = "11".repeat(32).parse().expect("key");
+        let sealed = Arc::new(ObjectStore::Encrypted(
+            Box::new(ObjectStore::File(FileStore::new(dir.path().join("sealed")))),
+            key,
+        ));
+        // A multiple of the range size, one byte over, and one short of it.
+        for len in [3 * RANGE, 3 * RANGE + 1, 2 * RANGE - 1] {
+            let data = pattern(len as usize);
+            for store in [&plain, &sealed] {
+                store.put("o", Bytes::from(data.clone()), &PutOptions::default()).await.expect("put");
+                let stored = store.head("o").await.expect("head").expect("stored").size;
+                let got = read_ranged(store.clone(), "o", stored).await.expect("read");
+                assert!(got == data, "{len} bytes through {} read back differently", store.describe());
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_object_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(ObjectStore::File(FileStore::new(dir.path().to_path_buf())));
+        let err = read_ranged(store, "gone/0001.ltx", 3 * RANGE).await.expect_err("missing object");
+        assert!(err.to_string().contains("gone/0001.ltx"), "{err}");
+    }
 }
