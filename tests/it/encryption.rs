@@ -95,8 +95,16 @@ fn drills_and_clones_of_an_encrypted_database() -> Result<()> {
     for i in 0..20 {
         conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("secret row {i}")])?;
     }
-    tests::replica::wait_shipped(&mut a, Duration::from_millis(1500), T)?;
+    let shipped = tests::replica::wait_shipped(&mut a, Duration::from_millis(1500), T)?;
     let source = content_hash(&db)?;
+    // The drill compares with the checksum the agent reported: wait for that report.
+    tests::try_wait_until(T, "the agent's report of its durable transaction", || {
+        c.cli_json(&["databases"]).is_ok_and(|v| {
+            v.as_array().is_some_and(|all| {
+                all.iter().any(|d| d["name"] == "app" && d["durable_txid"].as_u64() >= Some(shipped.durable_txid))
+            })
+        })
+    })?;
 
     let drill = c.cli_json(&["drill", "shop/app"])?;
     assert_eq!(drill["ok"], true, "{drill:#}");
