@@ -27,7 +27,7 @@ const PREFETCH_MAX_BYTES: u64 = 8 << 20;
 /// A large file is read as ranges of this size, `RANGES_IN_FLIGHT` at a time: one stream from
 /// a store is often slower than the restore can apply, several in parallel are not.
 const RANGE: u64 = 2 << 20;
-const RANGES_IN_FLIGHT: usize = 4;
+const RANGES_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct Applied {
