@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -58,9 +59,9 @@ REMOVED_ENV = ["AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSI
 # fixed_*: the fixed-rate phase (commits/s both tools sustain, and its length).
 MODES = {
     "quick": dict(restore_mib=100, rounds=2, round_s=5, fixed_rate=2000, fixed_s=5, paced_s=10, idle_s=15,
-                  rate=20, quiet_cpu_s=0.02, quiet_window_s=0.5, quiet_timeout_s=60),
-    "full": dict(restore_mib=1024, rounds=3, round_s=10, fixed_rate=2000, fixed_s=10, paced_s=20, idle_s=60,
-                 rate=20, quiet_cpu_s=0.02, quiet_window_s=0.5, quiet_timeout_s=60),
+                  rate=20, paced_seed=1, quiet_cpu_s=0.02, quiet_window_s=0.5, quiet_timeout_s=60),
+    "full": dict(restore_mib=1024, rounds=3, round_s=10, fixed_rate=2000, fixed_s=10, paced_s=60, idle_s=60,
+                 rate=20, paced_seed=1, quiet_cpu_s=0.02, quiet_window_s=0.5, quiet_timeout_s=60),
 }
 
 LIVE: list[subprocess.Popen] = []  # every child we started, for cleanup
@@ -80,6 +81,8 @@ def writer_main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--rate", type=float, default=0.0, help="commits/s; 0 = as fast as possible")
     p.add_argument("--out", required=True, help="JSON result file")
+    p.add_argument("--poisson-seed", type=int, default=None,
+                   help="rate mode: commit at Poisson arrivals (exponential gaps, this seed) instead of evenly")
     a = p.parse_args(argv)
     conn = sqlite3.connect(a.db, isolation_level=None, timeout=10.0)
     conn.execute("PRAGMA busy_timeout=10000")
@@ -101,8 +104,11 @@ def writer_main(argv: list[str]) -> int:
         # catches up in a burst). Always rate × seconds commits; if the writer cannot keep up it
         # runs past `seconds`, and commits / elapsed shows the rate it achieved.
         period = 1.0 / a.rate
+        # Poisson arrivals: the same seed gives both tools the same schedule, and no fixed phase
+        # between commits and a tool's sync ticks decides the tail of the lag.
+        rng = random.Random(a.poisson_seed) if a.poisson_seed is not None else None
+        due = t0
         while True:
-            due = t0 + n * period
             if due >= end:
                 break
             now = time.monotonic()
@@ -117,6 +123,7 @@ def writer_main(argv: list[str]) -> int:
                 continue
             times.append(time.monotonic())
             n += 1
+            due = due + rng.expovariate(a.rate) if rng else t0 + n * period
     else:
         slow = [0, 0, 0]  # commits taking > 1 ms, > 10 ms, > 100 ms
         worst = 0.0
@@ -151,11 +158,13 @@ def writer_main(argv: list[str]) -> int:
     return 0
 
 
-def run_writer(db: Path, seconds: float, rate: float, tag: str) -> dict:
+def run_writer(db: Path, seconds: float, rate: float, tag: str, poisson_seed: int | None = None) -> dict:
     out = DATA / "run" / f"writer-{tag}.json"
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "_writer", str(db), "--seconds", str(seconds),
            "--rate", str(rate), "--out", str(out)]
+    if poisson_seed is not None:
+        cmd += ["--poisson-seed", str(poisson_seed)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if r.returncode != 0:
         raise RuntimeError(f"writer failed ({r.returncode}): {r.stderr[-2000:]}")
@@ -814,7 +823,8 @@ def bench_agent(cfg: dict, tool: str, backend: str, s3: S3, agent_bin: Path, run
         # 3: paced writer, lag by replica polling every 10 ms
         watcher.interval = 0.010
         time.sleep(0.5)
-        w, ph = window("paced", lambda: run_writer(db, cfg["paced_s"], cfg["rate"], name + "-paced"))
+        w, ph = window("paced", lambda: run_writer(db, cfg["paced_s"], cfg["rate"], name + "-paced",
+                                                             poisson_seed=cfg["paced_seed"]))
         # keep watching until every commit is followed by a file (or 15 s)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -1146,7 +1156,8 @@ def render(r: dict) -> str:  # noqa: C901
                  f"{f2(1e6 * cpu / n) if cpu is not None and n else 'n/a'} | {fmt_requests(x.get('requests'))} | "
                  f"{f2(x.get('cpu_after_s'))} |")
     L.append("")
-    L.append(f"### 3. Commit-to-durable lag ({cfg['rate']} commits/s for {cfg['paced_s']} s)")
+    L.append(f"### 3. Commit-to-durable lag ({cfg['rate']} commits/s for {cfg['paced_s']} s, Poisson arrivals, "
+             f"seed {cfg.get('paced_seed')})")
     L.append("")
     L.append("| backend | agent | p50 ms | p99 ms | max ms | commits | unmatched | new L0 files | PUTs in phase |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -1379,7 +1390,11 @@ level-0 LTX file (initial snapshot), wait 2 s, then:
    is different work. The agent's CPU after each max-rate round until it was quiet (its
    backlog, counted in neither kind of round) is listed too.
 3. *Lag* — once the agent is quiet after the max-rate rounds and 3 s more, the writer
-   commits at a fixed rate (20/s) and records the `CLOCK_MONOTONIC` time each COMMIT returned.
+   commits at 20/s on average, at Poisson arrivals (exponential gaps from a seeded generator:
+   both tools get the same schedule), and records the `CLOCK_MONOTONIC` time each COMMIT
+   returned. Evenly spaced commits whose period divides the 1 s sync interval keep one fixed
+   phase against a tool's sync ticks for the whole phase, so their p99 measured that phase (a
+   draw between 950 and 1000 ms) more than the tool; random arrivals sample every phase.
    Meanwhile the harness polls the replica's level-0 directory every 10 ms (file backend: the
    replica directory; S3 backend: s3s-fs's data directory `DATA/bench/<prefix>/…`, where an
    object appears once its PUT is written; dot files are s3s-fs bookkeeping and skipped) and

@@ -73,6 +73,40 @@ fn proof_of_persistence() -> Result<()> {
     Ok(())
 }
 
+/// A store that takes longer than the agent's read timeout (10 s) to answer
+/// CompleteMultipartUpload, as one does while it assembles a large object: the agent waits for
+/// the answer instead of retrying a completion that already consumed the upload.
+#[test]
+fn a_slow_multipart_completion_is_waited_for() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let proxy = Proxy::new(s3.addr())?;
+    let env = s3.env_for(&proxy.endpoint());
+    let data = tempfile::tempdir()?;
+    let db = data.path().join("big.db");
+    let conn = open_wal(&db)?;
+    // Random bytes do not compress: the snapshot is over the 256 MiB multipart threshold.
+    conn.execute_batch(
+        "CREATE TABLE blobs(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 264)
+         INSERT INTO blobs(v) SELECT randomblob(1 << 20) FROM n;",
+    )?;
+    drop(conn);
+    proxy.set_response_hold(&["POST ", "uploadId="], Duration::from_secs(12));
+    let url = s3.url("slow-complete/db");
+    let mut agent = replicate(&db, &url, &env)?;
+    let shipped = wait_shipped(&mut agent, SETTLE, Duration::from_secs(90))?;
+    assert!(proxy.responses_held() >= 1, "no CompleteMultipartUpload passed the proxy");
+    assert!(agent.try_status()?.is_none(), "agent exited:\n{}", agent.stderr());
+    assert_eq!(agent.metrics()?.sum("walfleet_upload_errors_total"), 0.0, "upload errors:\n{}", agent.stderr());
+    let want = content_hash(&db)?;
+    agent.sigkill()?;
+    let out = tempfile::tempdir()?;
+    let restored = out.path().join("restored.db");
+    restore_checked(&s3.env(), &url, &restored)?;
+    assert_eq!(content_hash(&restored)?, want, "restored at {shipped:?}");
+    Ok(())
+}
+
 /// kill -9 of the agent while the app keeps writing: the restore is a prefix of the history
 /// (ids 1..=k, no holes, each row as written) that includes every commit made before a
 /// moment the agent reported durable.

@@ -36,6 +36,11 @@ struct State {
     drop_ppm: AtomicU64,
     delay_us: AtomicU64,
     blackhole: AtomicBool,
+    /// Requests whose first line holds every one of these strings get their response held back
+    /// this long (a server that takes its time to answer).
+    hold: Mutex<Option<(Vec<String>, Duration)>>,
+    /// Responses held back so far.
+    held: AtomicU64,
     next_id: AtomicU64,
     /// Live connections (client side, server side if connected), to cut them on demand.
     live: Mutex<HashMap<u64, (TcpStream, Option<TcpStream>)>>,
@@ -116,10 +121,22 @@ impl Proxy {
         }
     }
 
-    /// Resets all faults (drop fraction, delay, black hole).
+    /// Holds back, by `delay`, the response to every request whose request line contains all of
+    /// `patterns` (for example `["POST ", "uploadId="]`: CompleteMultipartUpload).
+    pub fn set_response_hold(&self, patterns: &[&str], delay: Duration) {
+        *self.state.hold.lock().expect("proxy lock") = Some((patterns.iter().map(|p| p.to_string()).collect(), delay));
+    }
+
+    /// Responses held back by [`Proxy::set_response_hold`] so far.
+    pub fn responses_held(&self) -> u64 {
+        self.state.held.load(SeqCst)
+    }
+
+    /// Resets all faults (drop fraction, delay, black hole, response hold).
     pub fn heal(&self) {
         self.set_drop_fraction(0.0);
         self.set_delay(Duration::ZERO);
+        *self.state.hold.lock().expect("proxy lock") = None;
         self.set_blackhole(false);
     }
 }
@@ -176,15 +193,20 @@ fn serve(id: u64, client: TcpStream, target: SocketAddr, st: Arc<State>) {
     };
     st.live.lock().expect("proxy lock").insert(id, (c3, Some(s3)));
     let st2 = st.clone();
-    let down = std::thread::Builder::new().name(format!("proxy-down-{id}")).spawn(move || pump(s2, c2, &st2, false));
-    pump(client, server, &st, true);
+    // Set by the upstream pump when a request to hold passed; the downstream pump waits before
+    // forwarding the next response bytes.
+    let hold = Arc::new(Mutex::new(None::<Duration>));
+    let hold2 = hold.clone();
+    let down =
+        std::thread::Builder::new().name(format!("proxy-down-{id}")).spawn(move || pump(s2, c2, &st2, false, &hold2));
+    pump(client, server, &st, true, &hold);
     if let Ok(h) = down {
         let _ = h.join();
     }
     st.live.lock().expect("proxy lock").remove(&id);
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, st: &State, up: bool) {
+fn pump(mut from: TcpStream, mut to: TcpStream, st: &State, up: bool, hold: &Mutex<Option<Duration>>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -198,10 +220,27 @@ fn pump(mut from: TcpStream, mut to: TcpStream, st: &State, up: bool) {
         if delay > 0 {
             std::thread::sleep(Duration::from_micros(delay));
         }
+        if up {
+            if let Some(d) = held_for(st, &buf[..n]) {
+                *hold.lock().expect("proxy lock") = Some(d);
+            }
+        } else if let Some(d) = hold.lock().expect("proxy lock").take() {
+            st.held.fetch_add(1, SeqCst);
+            std::thread::sleep(d);
+        }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
     }
     let _ = to.shutdown(Shutdown::Write);
     let _ = from.shutdown(Shutdown::Read);
+}
+
+/// How long to hold the response to the request starting in `chunk`, if it is one to hold.
+fn held_for(st: &State, chunk: &[u8]) -> Option<Duration> {
+    let hold = st.hold.lock().expect("proxy lock");
+    let (patterns, delay) = hold.as_ref()?;
+    let line_end = chunk.iter().position(|&b| b == b'\n').unwrap_or(chunk.len());
+    let line = String::from_utf8_lossy(&chunk[..line_end]);
+    patterns.iter().all(|p| line.contains(p.as_str())).then_some(*delay)
 }

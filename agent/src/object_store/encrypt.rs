@@ -187,86 +187,6 @@ impl EncryptionKey {
         }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()
     }
-
-    /// A reader that decrypts `inner` as it is read; errors name `key`.
-    pub fn open_stream(
-        &self,
-        key: &str,
-        inner: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    ) -> Box<dyn tokio::io::AsyncRead + Send + Unpin> {
-        use tokio::io::AsyncReadExt;
-        struct St {
-            inner: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-            cipher: EncryptionKey,
-            key: String,
-            prefix: Option<Vec<u8>>,
-            pending: Vec<u8>,
-            index: u64,
-            done: bool,
-        }
-        let st = St {
-            inner,
-            cipher: self.clone(),
-            key: key.to_string(),
-            prefix: None,
-            pending: Vec::new(),
-            index: 0,
-            done: false,
-        };
-        let stream = futures::stream::unfold(st, |mut st| async move {
-            if st.done {
-                return None;
-            }
-            let io = |e: CryptError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-            // Enough for the header (once) and one chunk plus a byte that shows it is not the last.
-            let want = if st.prefix.is_none() { HEADER + SEALED_CHUNK + 1 } else { SEALED_CHUNK + 1 };
-            let mut eof = false;
-            while st.pending.len() < want {
-                let mut buf = vec![0u8; want - st.pending.len()];
-                match st.inner.read(&mut buf).await {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => st.pending.extend_from_slice(&buf[..n]),
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                }
-            }
-            if st.prefix.is_none() {
-                if !is_encrypted(&st.pending) {
-                    st.done = true;
-                    return Some((Err(io(CryptError::NotEncrypted { key: st.key.clone() })), st));
-                }
-                if st.pending.len() < HEADER {
-                    st.done = true;
-                    return Some((Err(io(CryptError::Truncated { key: st.key.clone() })), st));
-                }
-                st.prefix = Some(st.pending[8..HEADER].to_vec());
-                st.pending.drain(..HEADER);
-            }
-            let take = if eof { st.pending.len() } else { SEALED_CHUNK };
-            if take < TAG {
-                st.done = true;
-                return Some((Err(io(CryptError::Truncated { key: st.key.clone() })), st));
-            }
-            let chunk: Vec<u8> = st.pending.drain(..take).collect();
-            let prefix = st.prefix.clone().unwrap_or_default();
-            let opened = st.cipher.open_chunk(&st.key, &prefix, st.index, eof, &chunk);
-            st.index += 1;
-            st.done = eof;
-            match opened {
-                Ok(p) => Some((Ok(Bytes::from(p)), st)),
-                Err(e) => {
-                    st.done = true;
-                    Some((Err(io(e)), st))
-                }
-            }
-        });
-        Box::new(tokio_util::io::StreamReader::new(Box::pin(stream)))
-    }
 }
 
 fn read_full(r: &mut impl Read, n: usize) -> std::io::Result<Vec<u8>> {
@@ -278,7 +198,6 @@ fn read_full(r: &mut impl Read, n: usize) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
 
     fn key(b: u8) -> EncryptionKey {
         hex::encode([b; 32]).parse().expect("key")
@@ -288,18 +207,14 @@ mod tests {
         (0..n).map(|i| (i * 7 % 251) as u8).collect()
     }
 
-    #[tokio::test]
-    async fn every_size_round_trips_whole_streamed_and_by_range() {
+    #[test]
+    fn every_size_round_trips_whole_and_by_range() {
         let k = key(1);
         for n in [0, 1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 17] {
             let plain = body(n);
             let sealed = k.seal(&plain);
             assert!(is_encrypted(&sealed));
             assert_eq!(k.open("k", &sealed).expect("open").as_ref(), &plain[..], "size {n}");
-            let mut r = k.open_stream("k", Box::new(std::io::Cursor::new(sealed.to_vec())));
-            let mut got = Vec::new();
-            r.read_to_end(&mut got).await.expect("stream");
-            assert_eq!(got, plain, "streamed size {n}");
             for (off, len) in [(0u64, 100u64), (CHUNK as u64 - 3, 10), (n as u64 / 2, CHUNK as u64)] {
                 if n == 0 || off >= n as u64 {
                     continue;

@@ -122,19 +122,6 @@ impl FileStore {
         .await
     }
 
-    pub(crate) async fn get_stream(
-        &self,
-        key: &str,
-    ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, ObjectStoreError> {
-        self.counts.record(RequestKind::Get);
-        let io_err = |err| not_found_or_io("get_stream", key, err);
-        let file = tokio::fs::File::open(self.path(key)).await.map_err(io_err)?;
-        if !file.metadata().await.map_err(io_err)?.is_file() {
-            return Err(ObjectStoreError::NotFound { key: key.to_string() });
-        }
-        Ok(Box::new(file))
-    }
-
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectStoreError> {
         self.counts.record(RequestKind::Head);
         let path = self.path(key);

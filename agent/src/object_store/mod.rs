@@ -36,10 +36,12 @@ pub use s3::{S3Credentials, S3Settings, S3Store};
 /// restore reads ours and we read its).
 pub const TIMESTAMP_METADATA_KEY: &str = "litestream-timestamp";
 
-/// Bodies above this size go through multipart upload in [`ObjectStore::put_file`].
-pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+/// Bodies above this size go through multipart upload in [`ObjectStore::put_file`]; up to it
+/// one PutObject streams the file. Every part is a billed request, so objects a compaction of
+/// a busy minute produces (hundreds of MiB) go in one request, not one per 16 MiB.
+pub const MULTIPART_THRESHOLD: u64 = 256 * 1024 * 1024;
 /// Part size of multipart uploads.
-pub const MULTIPART_PART_SIZE: u64 = 16 * 1024 * 1024;
+pub const MULTIPART_PART_SIZE: u64 = 64 * 1024 * 1024;
 /// Parts uploaded concurrently. Parts stream from the file, so this costs read buffers, not
 /// part-sized ones.
 pub const MULTIPART_MAX_IN_FLIGHT: usize = 4;
@@ -335,20 +337,6 @@ impl ObjectStore {
             ObjectStore::Encrypted(..) => {
                 Err(ObjectStoreError::InvalidKey { key: key.into(), reason: "nested encryption" })
             }
-        }
-    }
-
-    /// Streaming read for large objects. Errors after the first byte surface as `io::Error`s
-    /// from the reader.
-    pub async fn get_stream(
-        &self,
-        key: &str,
-    ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, ObjectStoreError> {
-        validate_key(key)?;
-        match self {
-            ObjectStore::Encrypted(inner, k) => Ok(k.open_stream(key, Box::pin(inner.get_stream(key)).await?)),
-            ObjectStore::File(store) => store.get_stream(key).await,
-            ObjectStore::S3(store) => store.get_stream(key).await,
         }
     }
 

@@ -41,6 +41,11 @@ const DEFAULT_REGION: &str = "us-east-1";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A body's attempt may take the attempt timeout plus its size at this rate (a 256 MiB object
+/// is given over 5 minutes): a large object on a slow link is not cut off and retried forever.
+const SLOWEST_UPLOAD_BYTES_PER_SEC: u64 = 1 << 20;
+/// CompleteMultipartUpload answers once the object is assembled (S3 documents minutes).
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(600);
 /// S3's limits: keys per DeleteObjects request, parts per multipart upload.
 const DELETE_BATCH: usize = 1000;
 const MAX_PARTS: u64 = 10_000;
@@ -225,8 +230,12 @@ impl S3Store {
             request = request.metadata(TIMESTAMP_METADATA_KEY, format_timestamp(timestamp));
         }
         let request = with_condition!(request, &opts.condition);
-        let out =
-            request.send().await.map_err(|err| condition_lost(map_sdk_error("put", key, err), &opts.condition))?;
+        let out = request
+            .customize()
+            .config_override(attempt_timeout_for(len))
+            .send()
+            .await
+            .map_err(|err| condition_lost(map_sdk_error("put", key, err), &opts.condition))?;
         Ok(non_empty(out.e_tag()))
     }
 
@@ -314,7 +323,19 @@ impl S3Store {
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
         let request = with_condition!(request, &opts.condition);
         self.counts.record(RequestKind::Put);
+        // The server assembles the object before it answers, which takes time in proportion to
+        // its size: the usual read timeout would end a completion still under way, and the
+        // retry would find the upload gone.
         let out = request
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::new().timeout_config(
+                    TimeoutConfig::builder()
+                        .read_timeout(COMPLETE_TIMEOUT)
+                        .operation_attempt_timeout(COMPLETE_TIMEOUT)
+                        .build(),
+                ),
+            )
             .send()
             .await
             .map_err(|err| condition_lost(map_sdk_error("complete multipart upload", key, err), &opts.condition))?;
@@ -344,6 +365,8 @@ impl S3Store {
             .content_length(i64::try_from(len).unwrap_or(i64::MAX))
             .content_md5(md5)
             .body(body)
+            .customize()
+            .config_override(attempt_timeout_for(len))
             .send()
             .await
             .map_err(|err| map_sdk_error("upload part", key, err))?;
@@ -404,22 +427,6 @@ impl S3Store {
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(body.len());
         let end = usize::try_from(last.saturating_add(1)).unwrap_or(usize::MAX).min(body.len());
         Ok(body.slice(start..end))
-    }
-
-    pub(crate) async fn get_stream(
-        &self,
-        key: &str,
-    ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, ObjectStoreError> {
-        self.counts.record(RequestKind::Get);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|err| map_sdk_error("get_stream", key, err))?;
-        Ok(Box::new(Box::pin(out.body.into_async_read())))
     }
 
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, ObjectStoreError> {
@@ -562,6 +569,13 @@ fn is_aws_endpoint(endpoint: &str) -> bool {
     let host = endpoint.split("://").nth(1).unwrap_or(endpoint);
     let host = host.split(['/', ':']).next().unwrap_or(host);
     host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn")
+}
+
+/// The timeouts of one request that sends `len` bytes (see [`SLOWEST_UPLOAD_BYTES_PER_SEC`]).
+fn attempt_timeout_for(len: u64) -> aws_sdk_s3::config::Builder {
+    let attempt = ATTEMPT_TIMEOUT + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC);
+    aws_sdk_s3::config::Builder::new()
+        .timeout_config(TimeoutConfig::builder().read_timeout(READ_TIMEOUT).operation_attempt_timeout(attempt).build())
 }
 
 /// A byte range of a file as a request body streamed from disk (the SDK reopens the file for

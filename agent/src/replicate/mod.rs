@@ -196,6 +196,9 @@ impl DbReplicator {
                     }
                 }
             }
+            // The interval runs from one sync's start to the next, so an upload's own duration
+            // does not stretch it (and the lag with it).
+            let tick = Instant::now();
             let started = crate::replicate::capture::now_ms();
             self.capture_all(&cap, &mut session, false).await?;
             self.metrics.captured_at_ms.store(started, Ordering::Relaxed);
@@ -228,7 +231,7 @@ impl DbReplicator {
                 match uploaded {
                     Ok(()) => {
                         backoff = Duration::from_millis(200);
-                        last_upload = Some(Instant::now());
+                        last_upload = Some(tick);
                     }
                     Err(e) => {
                         warn!(error = %format!("{e:#}"), db = %self.metrics.name, "upload failed; will retry");

@@ -1,6 +1,6 @@
 //! Applying a plan: fetch LTX files in parallel, write their pages into a temporary file in
 //! order, verify every file checksum and the database checksum after each contiguous step,
-//! then `integrity_check`, fsync and rename into place.
+//! then (in the caller) `integrity_check` beside the fsync, and rename into place.
 //!
 //! Memory is bounded independently of database size: small files are prefetched (at most
 //! `PREFETCH` of them, each at most `PREFETCH_MAX_BYTES`), large ones are streamed page by
@@ -28,6 +28,8 @@ const PREFETCH_MAX_BYTES: u64 = 8 << 20;
 /// a store is often slower than the restore can apply, several in parallel are not.
 const RANGE: u64 = 2 << 20;
 const RANGES_IN_FLIGHT: usize = 8;
+/// Consecutive pages are written to the output in runs of up to this many bytes.
+const WRITE_BATCH: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -44,7 +46,8 @@ enum Body {
     Stream,
 }
 
-/// Writes the database described by `plan` into `tmp` (created, must not exist).
+/// Writes the database described by `plan` into `tmp` (created, must not exist). The caller
+/// fsyncs it.
 pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) -> Result<Applied> {
     let out = OpenOptions::new()
         .write(true)
@@ -117,8 +120,14 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
     let Some((sums, commit)) = state else { bail!("restore plan is empty") };
     let page_size = page_size_of(&out)?;
     out.set_len(u64::from(commit) * u64::from(page_size)).context("truncate restored database")?;
-    out.sync_all().context("fsync restored database")?;
     Ok(Applied { txid: reached, checksum: sums.checksum(), page_size, pages: commit, files, bytes })
+}
+
+fn write_run(out: &File, pages: &[u8], first: u32, page_size: usize) -> std::io::Result<()> {
+    if pages.is_empty() {
+        return Ok(());
+    }
+    out.write_all_at(pages, u64::from(first - 1) * page_size as u64)
 }
 
 fn page_size_of(f: &File) -> Result<u32> {
@@ -131,7 +140,8 @@ fn page_size_of(f: &File) -> Result<u32> {
 type Step = (PageSums, u32, ltx::Header, ltx::Trailer);
 
 fn apply_one(out: &File, reader: Box<dyn Read + Send>, prev: Option<(PageSums, u32)>, reached: Txid) -> Result<Step> {
-    let mut dec = Decoder::new(std::io::BufReader::with_capacity(256 << 10, reader))?;
+    // Both readers hand out bytes already in memory: a BufReader would only copy them again.
+    let mut dec = Decoder::new(reader)?;
     let h = *dec.header();
     let mut sums = match prev {
         None => {
@@ -157,11 +167,29 @@ fn apply_one(out: &File, reader: Box<dyn Read + Send>, prev: Option<(PageSums, u
             sums
         }
     };
-    let mut buf = vec![0u8; h.page_size as usize];
-    while let Some(pgno) = dec.next_page(&mut buf)? {
-        out.write_all_at(&buf, u64::from(pgno - 1) * u64::from(h.page_size))?;
-        sums.set(pgno, ltx::checksum_page(pgno, &buf));
+    // Pages are decoded straight into a batch; a run of consecutive page numbers (a snapshot is
+    // one run) is written with one call instead of one per page.
+    let ps = h.page_size as usize;
+    let mut batch = vec![0u8; ps * (WRITE_BATCH / ps).max(1)];
+    let (mut first, mut count) = (0u32, 0usize);
+    loop {
+        let slot = count * ps;
+        let Some(pgno) = dec.next_page(&mut batch[slot..slot + ps])? else { break };
+        sums.set(pgno, ltx::checksum_page(pgno, &batch[slot..slot + ps]));
+        if count > 0 && pgno != first + count as u32 {
+            write_run(out, &batch[..slot], first, ps)?;
+            batch.copy_within(slot..slot + ps, 0);
+            (first, count) = (pgno, 0);
+        } else if count == 0 {
+            first = pgno;
+        }
+        count += 1;
+        if count * ps == batch.len() {
+            write_run(out, &batch, first, ps)?;
+            count = 0;
+        }
     }
+    write_run(out, &batch[..count * ps], first, ps)?;
     let trailer = dec.finish()?;
     sums.truncate(h.commit);
     Ok((sums, h.commit, h, trailer))

@@ -242,10 +242,21 @@ pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<R
     }
     let result = async {
         let applied = apply::apply(store.clone(), chosen.plan, &tmp).await?;
-        if opts.integrity_check {
-            let t = tmp.clone();
-            tokio::task::spawn_blocking(move || integrity_check(&t)).await??;
-        }
+        // The check only reads the file, so it runs while the file's pages are written back.
+        let t = tmp.clone();
+        let sync = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&t)
+                .and_then(|f| f.sync_all())
+                .context("fsync restored database")
+        });
+        let t = tmp.clone();
+        let check = opts.integrity_check;
+        let check = tokio::task::spawn_blocking(move || if check { integrity_check(&t) } else { Ok(()) });
+        let (synced, checked) = tokio::join!(sync, check);
+        checked.context("integrity check task")??;
+        synced.context("fsync task")??;
         Ok::<_, anyhow::Error>(applied)
     }
     .await;
