@@ -328,14 +328,7 @@ impl S3Store {
         // retry would find the upload gone.
         let out = request
             .customize()
-            .config_override(
-                aws_sdk_s3::config::Builder::new().timeout_config(
-                    TimeoutConfig::builder()
-                        .read_timeout(COMPLETE_TIMEOUT)
-                        .operation_attempt_timeout(COMPLETE_TIMEOUT)
-                        .build(),
-                ),
-            )
+            .config_override(timeouts(COMPLETE_TIMEOUT, COMPLETE_TIMEOUT))
             .send()
             .await
             .map_err(|err| condition_lost(map_sdk_error("complete multipart upload", key, err), &opts.condition))?;
@@ -573,9 +566,13 @@ fn is_aws_endpoint(endpoint: &str) -> bool {
 
 /// The timeouts of one request that sends `len` bytes (see [`SLOWEST_UPLOAD_BYTES_PER_SEC`]).
 fn attempt_timeout_for(len: u64) -> aws_sdk_s3::config::Builder {
-    let attempt = ATTEMPT_TIMEOUT + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC);
+    timeouts(READ_TIMEOUT, ATTEMPT_TIMEOUT + Duration::from_secs(len / SLOWEST_UPLOAD_BYTES_PER_SEC))
+}
+
+/// A per-request override of the client's read and attempt timeouts.
+fn timeouts(read: Duration, attempt: Duration) -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::new()
-        .timeout_config(TimeoutConfig::builder().read_timeout(READ_TIMEOUT).operation_attempt_timeout(attempt).build())
+        .timeout_config(TimeoutConfig::builder().read_timeout(read).operation_attempt_timeout(attempt).build())
 }
 
 /// A byte range of a file as a request body streamed from disk (the SDK reopens the file for
