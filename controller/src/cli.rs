@@ -27,6 +27,13 @@ impl tonic::service::Interceptor for Bearer {
 /// A channel to `url`, with TLS when it is https (a private CA from `ca`, else webpki roots).
 pub async fn channel(url: &str, ca: Option<&std::path::Path>) -> Result<Channel> {
     let mut ep = Endpoint::from_shared(url.to_string()).with_context(|| format!("invalid controller URL {url:?}"))?;
+    if let Some(host) = proto::endpoint::plaintext_remote_host(url) {
+        tracing::warn!(
+            controller = %url,
+            host = %host,
+            "the token goes to a non-loopback host over plaintext http: use an https:// controller URL"
+        );
+    }
     if url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new().with_webpki_roots();
         if let Some(ca) = ca {
@@ -497,6 +504,9 @@ fn pos(p: &Option<v1::Position>) -> Value {
 pub async fn run(cmd: Command) -> Result<i32> {
     match cmd {
         Command::Serve(_) => unreachable!("serve is dispatched by main"),
+        Command::RecoverAdmin { database_url, file } => {
+            crate::server::recover_admin(&database_url, &file).await?;
+        }
         Command::Projects { verb, client: c } => {
             let mut cl = client(&c).await?;
             match verb {

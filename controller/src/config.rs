@@ -141,6 +141,15 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Create a new admin token directly in the controller's store, for when every admin
+    /// token was revoked: needs access to the store itself (run it where the controller runs).
+    /// The token is written to --admin-token-file, never printed.
+    RecoverAdmin {
+        #[arg(long, env = "WALFLEET_DATABASE_URL", default_value = "sqlite://walfleet.db")]
+        database_url: String,
+        #[command(flatten)]
+        file: AdminTokenFile,
+    },
     /// Set what happens when a second instance of PROJECT/DB appears: handoff, wait or alert.
     Policy {
         target: String,
@@ -205,15 +214,21 @@ pub struct ServeArgs {
     /// Lease time to live; agents renew at a third of it.
     #[arg(long, env = "WALFLEET_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
-    /// PEM certificate chain for TLS on gRPC (with --tls-key).
+    /// PEM certificate chain for TLS on gRPC and HTTP (with --tls-key).
     #[arg(long, env = "WALFLEET_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "WALFLEET_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// The first admin token, adopted when the store has none (otherwise one is generated and
-    /// printed once).
+    /// The first admin token, adopted only by an empty store (no token and no project yet);
+    /// without it the first start generates one and writes it to --admin-token-file.
     #[arg(long = "admin-token", env = "WALFLEET_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub admin_token_file: AdminTokenFile,
+    /// Serve gRPC and HTTP without TLS on a non-loopback address (refused otherwise): only
+    /// behind a proxy that terminates TLS. Logged as a warning at every start.
+    #[arg(long, env = "WALFLEET_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
     /// How often the inventory reconciles every replica's listing (the controller reads the
     /// buckets with its own AWS_* credentials).
     #[arg(long, env = "WALFLEET_SCAN_INTERVAL", default_value = "15m", value_parser = parse_duration)]
@@ -240,6 +255,15 @@ pub struct ServeArgs {
     /// Request price for the cost estimate, per 1,000 PUTs.
     #[arg(long, env = "WALFLEET_PRICE_PUT_PER_1000", default_value_t = 0.005)]
     pub price_put_per_1000: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AdminTokenFile {
+    /// Where a generated admin token is written (created with mode 0600, never overwritten).
+    /// Default: beside a SQLite store (`<store>.admin-token`), else `walfleet-admin-token` in
+    /// the working directory.
+    #[arg(long = "admin-token-file", env = "WALFLEET_ADMIN_TOKEN_FILE")]
+    pub path: Option<PathBuf>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

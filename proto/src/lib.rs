@@ -2,6 +2,7 @@
 //! at build time) and the validated domain types both sides share. Receivers convert prost
 //! messages into `model` types once, at the edge.
 
+pub mod endpoint;
 pub mod model;
 
 /// Generated code for package `walfleet.v1`.

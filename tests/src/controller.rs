@@ -99,10 +99,16 @@ impl Controller {
         self.proc = Some(proc);
         let url = format!("http://127.0.0.1:{}/healthz", self.http_port);
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        // With TLS the HTTP endpoint is https too (same certificate): a listening port is enough.
+        let tls = self.tls();
+        let http_port = self.http_port;
         let proc = self.proc.as_mut().context("controller process")?;
         crate::try_wait_until(Duration::from_secs(60), "controller /healthz", || {
             if !proc.is_running() {
                 return true;
+            }
+            if tls {
+                return std::net::TcpStream::connect(("127.0.0.1", http_port)).is_ok();
             }
             client.get(&url).send().is_ok_and(|r| r.status().is_success())
         })?;
@@ -112,10 +118,20 @@ impl Controller {
         Ok(())
     }
 
+    fn tls(&self) -> bool {
+        self.extra.iter().any(|a| a == "--tls-cert")
+    }
+
     /// gRPC URL for agents and the CLI (https when started with `--tls-cert`).
     pub fn url(&self) -> String {
-        let scheme = if self.extra.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
+        let scheme = if self.tls() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Base URL of the HTTP endpoint (https when started with `--tls-cert`).
+    pub fn http_url(&self) -> String {
+        let scheme = if self.tls() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
 
     /// `store_env` (the object store's variables) plus what an agent of `project`/`db` needs to
@@ -211,14 +227,18 @@ impl Controller {
 /// PEM files of a private CA and a server certificate it signed for 127.0.0.1 and localhost:
 /// (ca.pem, cert.pem, key.pem) in `dir`.
 pub fn tls_files(dir: &std::path::Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL clients (curl) take a leaf whose issuer equals its subject for
+    // a self-signed certificate.
+    ca_params.distinguished_name.push(DnType::CommonName, "walfleet test CA");
     let ca_key = KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let leaf_key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?
-        .signed_by(&leaf_key, &ca, &ca_key)?;
+    let mut leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
+    leaf_params.distinguished_name.push(DnType::CommonName, "walfleet test controller");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key)?;
     let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&paths.0, ca.pem())?;
     std::fs::write(&paths.1, leaf.pem())?;

@@ -144,6 +144,13 @@ impl Control {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(host) = proto::endpoint::plaintext_remote_host(&cfg.url) {
+            tracing::warn!(
+                controller = %cfg.url,
+                host = %host,
+                "the agent token goes to a non-loopback host over plaintext http: use an https:// controller URL"
+            );
+        }
         if cfg.url.starts_with("https://") {
             let tls = match &cfg.ca_pem {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
