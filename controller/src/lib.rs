@@ -8,5 +8,6 @@ pub mod grpc;
 pub mod inventory;
 pub mod lease;
 pub mod metrics;
+pub mod roots;
 pub mod server;
 pub mod store;
