@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::config::{ClientArgs, Command, ProjectsVerb, TokensVerb};
+use crate::config::{ClientArgs, Command, TokensVerb};
+
+mod projects;
 
 type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -383,7 +385,8 @@ async fn clone_into(
         Some(u) => {
             let s = agent::object_store::ObjectStore::from_url(u).await.with_context(|| format!("open replica {u}"))?;
             let top = s.list("", Some("/")).await.with_context(|| format!("list replica {u}"))?;
-            agent::layout::generations(&top).last().map_or(1, |g| g.0 + 1)
+            // Past u64 there is no next number: ask for u64::MAX and let the controller refuse.
+            agent::layout::generations(&top).last().map_or(1, |g| g.0.saturating_add(1))
         }
         None => 1,
     };
@@ -507,33 +510,7 @@ pub async fn run(cmd: Command) -> Result<i32> {
         Command::RecoverAdmin { database_url, file } => {
             crate::server::recover_admin(&database_url, &file).await?;
         }
-        Command::Projects { verb, client: c } => {
-            let mut cl = client(&c).await?;
-            match verb {
-                ProjectsVerb::Create { name } => {
-                    let r = cl.create_project(v1::CreateProjectRequest { name }).await.map_err(status)?.into_inner();
-                    if c.json {
-                        println!(
-                            "{}",
-                            json!({"project": r.name, "agent_token": r.agent_token, "agent_token_id": r.agent_token_id})
-                        );
-                    } else {
-                        println!("project {} created", r.name);
-                        println!("agent token (shown once, store it now): {}", r.agent_token);
-                    }
-                }
-                ProjectsVerb::List => {
-                    let r = cl.list_projects(v1::ListProjectsRequest {}).await.map_err(status)?.into_inner();
-                    let v = json!(r.projects.iter().map(|p| json!({"name": p.name, "created_at_unix_ms": p.created_at_unix_ms, "databases": p.databases})).collect::<Vec<_>>());
-                    let rows = r
-                        .projects
-                        .iter()
-                        .map(|p| vec![p.name.clone(), p.databases.to_string(), ms(p.created_at_unix_ms)])
-                        .collect();
-                    print(c.json, v, &["PROJECT", "DATABASES", "CREATED"], rows)?;
-                }
-            }
-        }
+        Command::Projects { verb, client: c } => projects::run(verb, &c).await?,
         Command::Tokens { verb, client: c } => {
             let mut cl = client(&c).await?;
             match verb {

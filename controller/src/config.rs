@@ -18,7 +18,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller (gRPC control plane, HTTP metrics).
     Serve(ServeArgs),
-    /// Create or list projects.
+    /// Create or list projects, or set where their replicas may live.
     Projects {
         #[command(subcommand)]
         verb: ProjectsVerb,
@@ -164,6 +164,21 @@ pub enum ProjectsVerb {
     /// Create a project; prints its agent token once.
     Create {
         name: String,
+        /// Where the project's replicas may live (repeatable): `s3://BUCKET/PREFIX`, with
+        /// `?endpoint=URL` for a store other than the controller's AWS_ENDPOINT_URL, or
+        /// `file:///DIR`. The controller reads (scans, drills, restores) and agents may name
+        /// only replica URLs under one of them; without any, every agent URL is refused.
+        #[arg(long = "replica-root", value_name = "URL")]
+        replica_roots: Vec<String>,
+    },
+    /// Replace the replica roots of a project (give every root it keeps).
+    SetRoots {
+        name: String,
+        #[arg(long = "replica-root", value_name = "URL", required_unless_present = "none")]
+        replica_roots: Vec<String>,
+        /// Remove every root: no agent replica URL of the project is accepted any more.
+        #[arg(long, conflicts_with = "replica_roots")]
+        none: bool,
     },
     List,
 }

@@ -18,7 +18,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::lease::{now_ms, Leases};
+use crate::roots::{self, RootError};
 use crate::store::{InstanceRow, Millis, NoteRow, Store, StoreError};
+
+/// Why a recorded replica URL is not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Refused(#[from] RootError),
+}
 
 /// Note kinds kept per database.
 pub const REPLICA: &str = "replica";
@@ -330,11 +340,21 @@ impl Inventory {
             .filter_map(|n| Some(((n.project, n.database), serde_json::from_str(&n.body).ok()?)))
             .collect();
         let mut scanned = 0;
+        let mut project_roots: HashMap<ProjectName, Vec<String>> = HashMap::new();
         for note in replicas.into_iter().filter(|n| database.is_none_or(|d| &n.database == d)) {
             let Ok(replica) = serde_json::from_str::<ReplicaNote>(&note.body) else { continue };
+            if !project_roots.contains_key(&note.project) {
+                let r = self.store().replica_roots(&note.project).await?;
+                project_roots.insert(note.project.clone(), r);
+            }
             let head = self.store().get_database(&note.project, &note.database).await?.and_then(|d| d.head);
             let prev = scans.get(&(note.project.clone(), note.database.clone()));
-            let result = scan(&replica.url, head, prev).await;
+            // A URL outside the project's current roots is never read.
+            let allowed = roots::check(&note.project, &replica.url, &project_roots[&note.project]);
+            let result = match allowed {
+                Ok(()) => scan(&replica.url, head, prev).await,
+                Err(e) => Scan { at: now_ms(), error: format!("not scanned: {e}"), ..Default::default() },
+            };
             let drift_changed = !result.drift.is_empty() && prev.is_none_or(|p| p.drift != result.drift);
             if drift_changed {
                 self.leases
@@ -545,18 +565,25 @@ impl Inventory {
         self.store().put_note(&row).await
     }
 
-    /// The replica URL recorded for a database.
+    /// The replica URL recorded for a database, as long as it lies under its project's current
+    /// replica roots (an admin may have changed them since it was recorded): the controller
+    /// and the admin verbs read nothing else.
     pub async fn replica_url(
         &self,
         project: &ProjectName,
         database: &DatabaseName,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<String>, ReplicaError> {
         let notes = self.store().list_notes(Some(project), Some(REPLICA)).await?;
-        Ok(notes
+        let Some(url) = notes
             .into_iter()
             .find(|n| &n.database == database)
             .and_then(|n| serde_json::from_str::<ReplicaNote>(&n.body).ok())
-            .map(|r| r.url))
+            .map(|r| r.url)
+        else {
+            return Ok(None);
+        };
+        roots::check(project, &url, &self.store().replica_roots(project).await?)?;
+        Ok(Some(url))
     }
 
     /// Restores the newest reported-durable point into scratch space, checks integrity and the
@@ -572,11 +599,13 @@ impl Inventory {
             .filter(|i| i.role == "holder" && i.database.as_ref() == Some(database))
             .max_by_key(|i| i.last_seen)
             .and_then(|i| i.report);
-        match self.replica_url(project, database).await? {
-            None => {
+        match self.replica_url(project, database).await {
+            Err(ReplicaError::Store(e)) => return Err(e),
+            Err(ReplicaError::Refused(e)) => d.message = format!("not drilled: {e}"),
+            Ok(None) => {
                 d.message = format!("no replica URL reported for {project}/{database}: no agent has acquired it");
             }
-            Some(url) => {
+            Ok(Some(url)) => {
                 let expected = holder_report.filter(|r| r.durable_txid.0 > 0 && r.durable_checksum != 0);
                 let target = match &expected {
                     Some(r) => agent::restore::Target::Txid(r.durable_txid),

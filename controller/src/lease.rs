@@ -43,6 +43,9 @@ pub enum LeaseError {
     NoDatabase { project: ProjectName, database: DatabaseName },
     #[error("{0}")]
     Rollback(String),
+    /// The replica URL of an acquire is not one the controller may read.
+    #[error(transparent)]
+    ReplicaRefused(#[from] crate::roots::RootError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -87,6 +90,37 @@ pub struct Leases {
     heads: Mutex<HashMap<(ProjectName, DatabaseName, InstanceId), Position>>,
     /// Rollbacks asked of a holder through this controller, repeated on its renews.
     rollbacks: Mutex<HashMap<(InstanceId, DatabaseName), Command>>,
+    /// How many more events each project's agents may cause (`agent_event`).
+    quotas: Mutex<HashMap<ProjectName, Quota>>,
+}
+
+/// Events the agents of one project may cause at once, and how many more per second after
+/// that: a token (or a fleet of them) that loops on refused calls cannot flood the event log.
+pub const EVENT_BURST: u32 = 600;
+pub const EVENTS_PER_SECOND: f64 = 1.0;
+
+/// A token bucket of agent-caused events.
+struct Quota {
+    tokens: f64,
+    at: std::time::Instant,
+    /// Events not recorded since the last one that was.
+    suppressed: u64,
+}
+
+impl Quota {
+    /// Takes one event: Some(events suppressed before it) when it may be recorded.
+    fn take(&mut self, now: std::time::Instant) -> Option<u64> {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * EVENTS_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(f64::from(EVENT_BURST));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 impl Leases {
@@ -98,6 +132,7 @@ impl Leases {
             reports: Mutex::default(),
             heads: Mutex::default(),
             rollbacks: Mutex::default(),
+            quotas: Mutex::default(),
         })
     }
 
@@ -110,10 +145,25 @@ impl Leases {
     }
 
     pub async fn register(&self, info: &InstanceInfo) -> Result<(), LeaseError> {
+        // An instance ID of another project is not refreshed (nor taken over) by this one.
+        self.owned(&info.project, &info.id).await?;
         self.store.register_instance(info, now_ms()).await?;
         info!(instance = %info.id, project = %info.project, host = %info.host, platform = %info.platform,
             mode = %info.mode, "instance registered");
         Ok(())
+    }
+
+    /// The instance if it is registered in `project`; None when it is not registered at all;
+    /// WrongProject when it belongs to another project (then nothing may be done in its name).
+    async fn owned(&self, project: &ProjectName, id: &InstanceId) -> Result<Option<InstanceInfo>, LeaseError> {
+        match self.store.get_instance(id).await? {
+            Some(row) if &row.info.project != project => Err(LeaseError::WrongProject {
+                instance: id.clone(),
+                owner: row.info.project,
+                project: project.clone(),
+            }),
+            row => Ok(row.map(|r| r.info)),
+        }
     }
 
     async fn instance(&self, project: &ProjectName, id: &InstanceId) -> Result<InstanceInfo, LeaseError> {
@@ -135,8 +185,13 @@ impl Leases {
         id: &InstanceId,
         min_generation: Generation,
         rollback_to: Option<Position>,
+        replica_url: &str,
     ) -> Result<AcquireOutcome, LeaseError> {
         let me = self.instance(project, id).await?;
+        crate::store::check_min_generation(min_generation)?;
+        if !replica_url.is_empty() {
+            self.check_replica(project, database, id, replica_url).await?;
+        }
         let rollback = match rollback_to {
             Some(p) => Some(self.check_rollback(project, database, id, p).await?),
             None => None,
@@ -163,7 +218,7 @@ impl Leases {
                     })
                     .await?;
                 if let Some(old) = before.holder.as_ref().filter(|h| *h != id) {
-                    self.event(
+                    self.agent_event(
                         project,
                         database,
                         "lease_expired",
@@ -211,7 +266,7 @@ impl Leases {
             .await?
             .is_some_and(|r| r.database.as_ref() == Some(database) && r.role == "pending");
         if !already_seen {
-            self.event(
+            self.agent_event(
                 project,
                 database,
                 "duplicate_instance",
@@ -234,7 +289,7 @@ impl Leases {
                 if db.handoff_to.as_ref() != Some(&me.id)
                     && self.store.request_handoff(project, database, &holder, db.holder_generation, &me.id).await?
                 {
-                    self.event(
+                    self.agent_event(
                         project,
                         database,
                         "handoff_requested",
@@ -289,7 +344,7 @@ impl Leases {
                         leased: false,
                     })
                     .await?;
-                self.event(
+                self.agent_event(
                     project,
                     database,
                     "forked",
@@ -337,10 +392,19 @@ impl Leases {
                 Ok(RenewOutcome::Renewed { commands })
             }
             Renewed::Fenced { db } => {
+                // A renewal proves the instance is this project's only when it matched the
+                // lease; otherwise nothing is recorded about an instance of another project.
                 let row = self.store.get_instance(id).await?;
+                if let Some(r) = row.as_ref().filter(|r| &r.info.project != project) {
+                    return Err(LeaseError::WrongProject {
+                        instance: id.clone(),
+                        owner: r.info.project.clone(),
+                        project: project.clone(),
+                    });
+                }
                 let role = row.as_ref().map(|r| r.role.as_str()).unwrap_or("");
                 if role != "forked" && role != "fenced" {
-                    self.event(
+                    self.agent_event(
                         project,
                         database,
                         "fenced",
@@ -375,12 +439,20 @@ impl Leases {
         report: Option<Report>,
     ) -> Result<bool, LeaseError> {
         let now = now_ms();
+        if self.owned(project, id).await?.is_none() {
+            // Not registered: it holds nothing, and nothing is recorded in its name.
+            return Ok(false);
+        }
         let before = self.store.get_database(project, database).await?;
-        // The report buffer may still hold an older head for this holder: drop it.
-        self.lock_heads().remove(&(project.clone(), database.clone(), id.clone()));
-        self.lock_rollbacks().remove(&(id.clone(), database.clone()));
         let released = self.store.release(project, database, id, generation, sealed).await?;
-        if let Some(p) = sealed.filter(|p| p.generation == generation) {
+        if released {
+            // The report buffer may still hold an older head for this holder: drop it.
+            self.lock_heads().remove(&(project.clone(), database.clone(), id.clone()));
+            self.lock_rollbacks().remove(&(id.clone(), database.clone()));
+        }
+        // Only a real release seals: a stale or fenced instance never seals the generation
+        // (nor moves the head) of the holder that replaced it.
+        if let Some(p) = sealed.filter(|p| released && p.generation == generation) {
             match self.store.seal_generation(project, database, generation, p.txid, now).await {
                 // A controller that crashed between granting and recording the generation
                 // left no row to seal; the lease itself was released.
@@ -408,7 +480,7 @@ impl Leases {
                 ),
                 (_, None) => ("released", format!("instance {id} released generation {} unsealed", generation.0)),
             };
-            self.event(project, database, kind, Some(id), newcomer.as_ref(), msg).await;
+            self.agent_event(project, database, kind, Some(id), newcomer.as_ref(), msg).await;
             info!(%project, %database, instance = %id, generation = generation.0, "lease released");
         }
         Ok(released)
@@ -422,6 +494,7 @@ impl Leases {
         id: &InstanceId,
         generation: Generation,
     ) -> Result<(bool, Generation), LeaseError> {
+        self.owned(project, id).await?;
         let db = self
             .store
             .get_database(project, database)
@@ -454,6 +527,62 @@ impl Leases {
         }
         pending.extend(self.pending_rollbacks(project, id).await?);
         Ok((pending, rx))
+    }
+
+    /// Refuses (and records) a replica URL the controller may not read: outside the project's
+    /// replica roots, or not a valid replica URL.
+    async fn check_replica(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+        id: &InstanceId,
+        url: &str,
+    ) -> Result<(), LeaseError> {
+        let roots = self.store.replica_roots(project).await?;
+        let Err(e) = crate::roots::check(project, url, &roots) else { return Ok(()) };
+        let shown: String = url.chars().take(256).collect();
+        warn!(%project, %database, instance = %id, url = %shown, "replica url refused");
+        let msg = format!("instance {id} named replica {shown} for {project}/{database}; refused: {e}");
+        self.agent_event(project, database, "replica_refused", Some(id), None, msg).await;
+        Err(e.into())
+    }
+
+    /// An event an agent's call caused: recorded within its project's quota ([`EVENT_BURST`]
+    /// at once, [`EVENTS_PER_SECOND`] after that). What goes over it is counted, and the count
+    /// is recorded (`events_suppressed`) with the next event the quota lets through.
+    pub(crate) async fn agent_event(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+        kind: &str,
+        instance: Option<&InstanceId>,
+        other: Option<&InstanceId>,
+        message: String,
+    ) {
+        let now = std::time::Instant::now();
+        let taken = self
+            .quotas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(project.clone())
+            .or_insert(Quota { tokens: f64::from(EVENT_BURST), at: now, suppressed: 0 })
+            .take(now);
+        match taken {
+            None => {
+                tracing::debug!(%project, %database, kind, "event over the project's quota not recorded");
+                return;
+            }
+            Some(0) => {}
+            Some(n) => {
+                let msg = format!(
+                    "{n} events caused by agents of project {project} were not recorded: over its quota of \
+                     {EVENT_BURST} at once and {EVENTS_PER_SECOND} a second"
+                );
+                warn!(%project, suppressed = n, "agent events suppressed");
+                self.event(project, database, "events_suppressed", None, None, msg).await;
+            }
+        }
+        self.event(project, database, kind, instance, other, message).await;
     }
 
     fn send(&self, id: &InstanceId, cmd: Command) {

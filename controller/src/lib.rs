@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod inventory;
 pub mod lease;
 pub mod metrics;
+pub mod roots;
 pub mod server;
 pub mod store;
 pub mod tls;

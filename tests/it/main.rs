@@ -14,4 +14,5 @@ mod large;
 mod lifecycle;
 mod persistence;
 mod point_in_time;
+mod security_controller;
 mod transport;

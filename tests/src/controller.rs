@@ -17,6 +17,10 @@ pub fn postgres_url() -> String {
     format!("{POSTGRES}?schema=wf_test_{:016x}", rand::random::<u64>())
 }
 
+/// The replica root [`Controller::create_project`] gives a project: the whole bucket every
+/// S3 server of the harness serves (s3s-fs and Garage), its endpoint from `AWS_ENDPOINT_URL`.
+pub const DEFAULT_ROOT: &str = "s3://test";
+
 /// `walfleet` (override: `WALFLEET_BIN`).
 pub fn bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("WALFLEET_BIN") {
@@ -211,9 +215,20 @@ impl Controller {
             .with_context(|| format!("parse output of walfleet {args:?}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
-    /// Creates a project; returns its agent token.
+    /// Creates a project whose replicas may live anywhere in the test bucket
+    /// ([`DEFAULT_ROOT`]); returns its agent token.
     pub fn create_project(&self, name: &str) -> Result<String> {
-        let v = self.cli_json(&["projects", "create", name])?;
+        self.create_project_with_roots(name, &[DEFAULT_ROOT])
+    }
+
+    /// Creates a project with these replica roots (none: every agent replica URL is refused);
+    /// returns its agent token.
+    pub fn create_project_with_roots(&self, name: &str, roots: &[&str]) -> Result<String> {
+        let mut args = vec!["projects", "create", name];
+        for r in roots {
+            args.extend(["--replica-root", r]);
+        }
+        let v = self.cli_json(&args)?;
         v["agent_token"].as_str().map(str::to_string).context("agent_token in output")
     }
 

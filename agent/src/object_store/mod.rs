@@ -31,6 +31,7 @@ pub use error::ObjectStoreError;
 pub use file::FileStore;
 pub use key::{validate_key, validate_prefix};
 pub use s3::{S3Credentials, S3Settings, S3Store};
+pub use store_url::{parse as parse_url, S3Url, StoreUrl};
 
 /// User-metadata key under which S3 objects carry their timestamp (Litestream's name, so its
 /// restore reads ours and we read its).

@@ -7,14 +7,15 @@ use super::ObjectStoreError;
 
 const USAGE: &str = "use file:///abs/dir or s3://bucket/prefix[?endpoint=URL&region=R&forcePathStyle=true]";
 
+/// A parsed replica URL: what a store opened from it reads and writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum StoreUrl {
+pub enum StoreUrl {
     File { root: PathBuf },
     S3(S3Url),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct S3Url {
+pub struct S3Url {
     pub bucket: String,
     /// Empty, or ending with `/`.
     pub prefix: String,
@@ -24,7 +25,8 @@ pub(crate) struct S3Url {
     pub force_path_style: Option<bool>,
 }
 
-pub(crate) fn parse(url: &str) -> Result<StoreUrl, ObjectStoreError> {
+/// Parses (and checks) a replica URL exactly as `ObjectStore::from_url` does.
+pub fn parse(url: &str) -> Result<StoreUrl, ObjectStoreError> {
     let invalid = |what: String| Err(ObjectStoreError::InvalidUrl(format!("{what} in {url:?}; {USAGE}")));
     let trimmed = url.trim();
     let Some((scheme, rest)) = trimmed.split_once("://") else {

@@ -11,6 +11,7 @@ use crate::auth::{self, bearer, Auth};
 use crate::inventory::{self, Drill, Inventory, Scan};
 use crate::lease::{now_ms, Leases};
 use crate::metrics::Metrics;
+use crate::roots::{self, validate_roots};
 use crate::store::{EventFilter, InstanceRow, NewEvent, Store, TokenKind};
 use proto::model::{DatabaseName, Generation, ProjectName};
 use std::collections::HashMap;
@@ -32,6 +33,25 @@ impl AdminApi {
         match self.auth.admin(bearer(req.metadata())).await? {
             auth::Caller::Admin { token_id } | auth::Caller::Agent { token_id, .. } => Ok(token_id),
         }
+    }
+
+    /// Audits a change of a project's replica roots.
+    async fn roots_event(&self, p: &ProjectName, who: &str, roots: &[String], now: i64) -> ApiResult<()> {
+        let message = match roots {
+            [] => format!("admin token {who} set no replica roots for project {p}: no agent replica URL is accepted"),
+            r => format!("admin token {who} set the replica roots of project {p}: {}", r.join(", ")),
+        };
+        let event = NewEvent {
+            at: now,
+            project: p.clone(),
+            database: None,
+            kind: "replica_roots_set".into(),
+            instance: None,
+            other_instance: None,
+            message,
+        };
+        self.store().insert_event(&event).await.map_err(ApiError::from)?;
+        Ok(())
     }
 
     /// A database that exists, named by wire strings.
@@ -59,10 +79,12 @@ impl AdminService for AdminApi {
         req: Request<v1::CreateProjectRequest>,
     ) -> Result<Response<v1::CreateProjectResponse>, Status> {
         let _t = self.metrics.call("create_project");
-        self.admin(&req).await?;
+        let who = self.admin(&req).await?;
         let name = project(&req.get_ref().name)?;
+        let roots = validate_roots(&req.get_ref().replica_roots).map_err(ApiError::from)?;
         let now = now_ms();
-        self.store().create_project(&name, now).await.map_err(ApiError::from)?;
+        self.store().create_project(&name, &roots, now).await.map_err(ApiError::from)?;
+        self.roots_event(&name, &who, &roots, now).await?;
         let token = auth::generate(TokenKind::Agent, Some(name.clone()), now);
         self.store().insert_token(&token.row).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::CreateProjectResponse {
@@ -78,15 +100,30 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::ListProjectsResponse>, Status> {
         self.admin(&req).await?;
         let rows = self.store().list_projects().await.map_err(ApiError::from)?;
-        let projects = rows
-            .into_iter()
-            .map(|p| v1::ProjectInfo {
+        let mut projects = Vec::with_capacity(rows.len());
+        for p in rows {
+            projects.push(v1::ProjectInfo {
+                replica_roots: self.store().replica_roots(&p.name).await.map_err(ApiError::from)?,
                 name: p.name.to_string(),
                 created_at_unix_ms: p.created_at,
                 databases: p.databases,
-            })
-            .collect();
+            });
+        }
         Ok(Response::new(v1::ListProjectsResponse { projects }))
+    }
+
+    async fn set_replica_roots(
+        &self,
+        req: Request<v1::SetReplicaRootsRequest>,
+    ) -> Result<Response<v1::SetReplicaRootsResponse>, Status> {
+        let who = self.admin(&req).await?;
+        let name = project(&req.get_ref().project)?;
+        let roots = validate_roots(&req.get_ref().replica_roots).map_err(ApiError::from)?;
+        let now = now_ms();
+        self.store().set_replica_roots(&name, &roots, now).await.map_err(ApiError::from)?;
+        self.roots_event(&name, &who, &roots, now).await?;
+        let replica_roots = self.store().replica_roots(&name).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::SetReplicaRootsResponse { replica_roots }))
     }
 
     async fn create_token(
@@ -432,13 +469,17 @@ impl AdminService for AdminApi {
             ))
             .into());
         }
-        let replica_url = if r.replica_url.is_empty() {
+        let replica_url = if r.replica_url.trim().is_empty() {
             self.inventory.replica_url(&p, &d).await.map_err(ApiError::from)?.ok_or_else(|| {
                 ApiError::InvalidArgument(format!("no replica URL recorded for {p}/{d}: give the target's replica"))
             })?
         } else {
-            self.inventory.remember_replica(&p, &d, &r.replica_url).await.map_err(ApiError::from)?;
-            r.replica_url.clone()
+            // An admin's URL too: the controller reads it later with its own credentials.
+            let url = r.replica_url.trim();
+            roots::check(&p, url, &self.store().replica_roots(&p).await.map_err(ApiError::from)?)
+                .map_err(ApiError::from)?;
+            self.inventory.remember_replica(&p, &d, url).await.map_err(ApiError::from)?;
+            url.to_string()
         };
         let min = Generation(r.min_generation.max(1));
         let generation = self.store().issue_generation(&p, &d, min).await.map_err(ApiError::from)?;
@@ -496,7 +537,7 @@ impl AdminService for AdminApi {
         let who = self.admin(&req).await?;
         let r = req.get_ref();
         let (p, d) = self.existing(&r.project, &r.database).await?;
-        let point = super::position(r.point.as_ref())
+        let point = super::position(r.point.as_ref())?
             .ok_or_else(|| ApiError::InvalidArgument("a rollback needs a point: generation and transaction".into()))?;
         let (instance, generation) =
             self.leases.request_rollback(&p, &d, point, r.restore_id, &who).await.map_err(ApiError::from)?;

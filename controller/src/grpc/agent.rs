@@ -4,11 +4,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use proto::model::{Generation, ProjectName, Txid};
+use proto::model::{Generation, ProjectName};
 use proto::v1::{self, agent_service_server::AgentService};
 use tonic::{Request, Response, Status};
 
-use super::{database, generation, instance, position, project, wire_position, ApiError, ApiResult};
+use super::{database, generation, instance, position, project, txid, wire_position, ApiError, ApiResult};
 use crate::auth::{bearer, Auth};
 use crate::lease::{AcquireOutcome, Command, Leases, RenewOutcome};
 use crate::metrics::Metrics;
@@ -29,12 +29,15 @@ impl AgentApi {
     }
 }
 
-fn report(r: Option<&v1::Report>, g: Generation) -> Option<Report> {
-    r.map(|r| Report {
+/// A report from the wire: transaction ids the store compares must fit it; shown-only values
+/// are made safe to store (a NaN lag would come back as NULL).
+fn report(r: Option<&v1::Report>, g: Generation) -> ApiResult<Option<Report>> {
+    let Some(r) = r else { return Ok(None) };
+    Ok(Some(Report {
         generation: g,
-        local_txid: Txid(r.local_txid),
-        durable_txid: Txid(r.durable_txid),
-        lag_seconds: r.lag_seconds,
+        local_txid: txid("report local_txid", r.local_txid)?,
+        durable_txid: txid("report durable_txid", r.durable_txid)?,
+        lag_seconds: if r.lag_seconds.is_finite() { r.lag_seconds.max(0.0) } else { 0.0 },
         lag_bytes: r.lag_bytes,
         last_upload_at: (r.last_upload_unix_ms > 0).then_some(r.last_upload_unix_ms),
         uploads: r.uploads,
@@ -42,7 +45,7 @@ fn report(r: Option<&v1::Report>, g: Generation) -> Option<Report> {
         upload_blocked: r.upload_blocked,
         state: r.state.chars().take(32).collect(),
         durable_checksum: r.durable_checksum,
-    })
+    }))
 }
 
 fn wire_command(c: Command) -> v1::Command {
@@ -95,10 +98,15 @@ impl AgentService for AgentApi {
         let project = self.authorize(&req, &r.project).await?;
         let (db, id) = (database(&r.database)?, instance(&r.instance_id)?);
         let min = Generation(r.min_generation);
-        let rollback_to = position(r.rollback_to.as_ref());
-        let out = self.leases.acquire(&project, &db, &id, min, rollback_to).await.map_err(ApiError::from)?;
-        if let Err(e) = self.inventory.remember_replica(&project, &db, &r.replica_url).await {
-            tracing::warn!(%project, database = %db, error = %e, "record replica URL failed");
+        let rollback_to = position(r.rollback_to.as_ref())?;
+        let url = r.replica_url.trim();
+        let out = self.leases.acquire(&project, &db, &id, min, rollback_to, url).await.map_err(ApiError::from)?;
+        // Only the holder's URL is the database's replica: a pending or forked newcomer's is not
+        // recorded (acquire refused any URL outside the project's replica roots).
+        if matches!(out, AcquireOutcome::Granted { .. }) {
+            if let Err(e) = self.inventory.remember_replica(&project, &db, url).await {
+                tracing::warn!(%project, database = %db, error = %e, "record replica URL failed");
+            }
         }
         use v1::acquire_response::Outcome;
         let outcome = match out {
@@ -129,8 +137,8 @@ impl AgentService for AgentApi {
         let r = req.get_ref();
         let project = self.authorize(&req, &r.project).await?;
         let (db, id, g) = (database(&r.database)?, instance(&r.instance_id)?, generation(r.generation)?);
-        let out =
-            self.leases.renew(&project, &db, &id, g, report(r.report.as_ref(), g)).await.map_err(ApiError::from)?;
+        let report = report(r.report.as_ref(), g)?;
+        let out = self.leases.renew(&project, &db, &id, g, report).await.map_err(ApiError::from)?;
         use v1::renew_response::Outcome;
         let outcome = match out {
             RenewOutcome::Renewed { commands } => Outcome::Renewed(v1::Renewed {
@@ -150,13 +158,13 @@ impl AgentService for AgentApi {
         let r = req.get_ref();
         let project = self.authorize(&req, &r.project).await?;
         let (db, id, g) = (database(&r.database)?, instance(&r.instance_id)?, generation(r.generation)?);
-        let sealed = position(r.sealed.as_ref());
+        let sealed = position(r.sealed.as_ref())?;
         if sealed.is_some_and(|p| p.generation != g) {
             return Err(ApiError::InvalidArgument(format!("sealed position is not in generation {}", g.0)).into());
         }
         let released = self
             .leases
-            .release(&project, &db, &id, g, sealed, report(r.report.as_ref(), g))
+            .release(&project, &db, &id, g, sealed, report(r.report.as_ref(), g)?)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(v1::ReleaseResponse { released }))
@@ -177,7 +185,7 @@ impl AgentService for AgentApi {
                     "instance {id} asked to delete objects as generation {} but the current generation is {}: refused",
                     g.0, now.0
                 );
-                self.leases.event(&project, &db, "delete_refused", Some(&id), None, msg).await;
+                self.leases.agent_event(&project, &db, "delete_refused", Some(&id), None, msg).await;
             }
         }
         Ok(Response::new(v1::ValidateResponse { current, current_generation: now.0, retention_keep_ms }))

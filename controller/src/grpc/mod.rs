@@ -11,6 +11,7 @@ use tracing::error;
 
 use crate::auth::AuthError;
 use crate::lease::LeaseError;
+use crate::roots::RootError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::AlreadyExists { .. } => ApiError::AlreadyExists(e.to_string()),
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::OutOfRange { .. } => ApiError::InvalidArgument(e.to_string()),
             other => ApiError::Internal(other.into()),
         }
     }
@@ -75,12 +77,36 @@ impl From<LeaseError> for ApiError {
             LeaseError::WrongProject { .. } => ApiError::PermissionDenied(e.to_string()),
             LeaseError::NoDatabase { .. } => ApiError::NotFound(e.to_string()),
             LeaseError::Rollback(_) => ApiError::FailedPrecondition(e.to_string()),
+            LeaseError::ReplicaRefused(r) => r.into(),
             LeaseError::Store(s) => s.into(),
         }
     }
 }
 
+impl From<crate::inventory::ReplicaError> for ApiError {
+    fn from(e: crate::inventory::ReplicaError) -> ApiError {
+        match e {
+            crate::inventory::ReplicaError::Store(s) => s.into(),
+            crate::inventory::ReplicaError::Refused(r) => r.into(),
+        }
+    }
+}
+
+impl From<RootError> for ApiError {
+    fn from(e: RootError) -> ApiError {
+        match e {
+            RootError::TooLong { .. } | RootError::Invalid(_) | RootError::TooMany(_) => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            RootError::NoRoots { .. } | RootError::Outside { .. } => ApiError::PermissionDenied(e.to_string()),
+        }
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The largest generation or transaction id a store can compare (2^63 - 1).
+const MAX_NUMBER: u64 = i64::MAX as u64;
 
 pub fn project(s: &str) -> ApiResult<ProjectName> {
     s.parse().map_err(|e: proto::model::NameError| ApiError::InvalidArgument(e.to_string()))
@@ -98,11 +124,31 @@ pub fn generation(g: u64) -> ApiResult<Generation> {
     if g == 0 {
         return Err(ApiError::InvalidArgument("generation 0 is not a generation".into()));
     }
+    if g > MAX_NUMBER {
+        return Err(ApiError::InvalidArgument(format!("generation {g} is larger than 2^63 - 1")));
+    }
     Ok(Generation(g))
 }
 
-pub fn position(p: Option<&proto::v1::Position>) -> Option<Position> {
-    p.filter(|p| p.generation > 0).map(|p| Position { generation: Generation(p.generation), txid: Txid(p.txid) })
+/// A position from the wire; None when absent (generation 0). Numbers past 2^63 - 1 are
+/// refused: no store compares them.
+pub fn position(p: Option<&proto::v1::Position>) -> ApiResult<Option<Position>> {
+    let Some(p) = p.filter(|p| p.generation > 0) else { return Ok(None) };
+    if p.generation > MAX_NUMBER || p.txid > MAX_NUMBER {
+        return Err(ApiError::InvalidArgument(format!(
+            "position (generation {}, transaction {}) is past 2^63 - 1",
+            p.generation, p.txid
+        )));
+    }
+    Ok(Some(Position { generation: Generation(p.generation), txid: Txid(p.txid) }))
+}
+
+/// A transaction id from the wire that the store compares.
+pub fn txid(what: &str, t: u64) -> ApiResult<Txid> {
+    if t > MAX_NUMBER {
+        return Err(ApiError::InvalidArgument(format!("{what} {t} is larger than 2^63 - 1")));
+    }
+    Ok(Txid(t))
 }
 
 pub fn wire_position(p: Option<Position>) -> Option<proto::v1::Position> {

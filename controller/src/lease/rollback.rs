@@ -185,7 +185,7 @@ impl Leases {
         note.new_generation = generation.0;
         note.new_instance = id.to_string();
         self.put_rollback(project, database, &note).await?;
-        self.event(
+        self.agent_event(
             project,
             database,
             "rolled_back",

@@ -31,6 +31,9 @@ pub enum StoreError {
     AlreadyExists { what: &'static str, name: String },
     #[error("{what} {name:?} does not exist")]
     NotFound { what: &'static str, name: String },
+    /// A number from outside past what the store accepts (nothing was written).
+    #[error("{what} {value} is larger than the largest the controller accepts ({max})")]
+    OutOfRange { what: &'static str, value: u64, max: u64 },
     /// A row that does not parse back into domain types (a damaged or foreign store).
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
@@ -41,6 +44,19 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The largest `min_generation` an acquire or fork may ask for. Far below the stores' 2^63 - 1,
+/// so a database raised to it can still be acquired 2^62 more times: one request naming a huge
+/// number can never leave a database whose next generation does not fit.
+pub const MAX_GENERATION: Generation = Generation(1 << 62);
+
+/// Refuses a `min_generation` past [`MAX_GENERATION`].
+pub fn check_min_generation(min_generation: Generation) -> Result<()> {
+    if min_generation > MAX_GENERATION {
+        return Err(StoreError::OutOfRange { what: "min_generation", value: min_generation.0, max: MAX_GENERATION.0 });
+    }
+    Ok(())
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProjectRow {
@@ -257,7 +273,14 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     // Projects and tokens.
-    async fn create_project(&self, name: &ProjectName, now: Millis) -> Result<()>;
+    /// Creates the project with its replica roots (checked by the caller, no duplicates), in
+    /// one transaction: AlreadyExists leaves nothing behind.
+    async fn create_project(&self, name: &ProjectName, replica_roots: &[String], now: Millis) -> Result<()>;
+    /// Replaces the project's replica roots (no duplicates) in one transaction; NotFound when
+    /// there is no such project.
+    async fn set_replica_roots(&self, name: &ProjectName, replica_roots: &[String], now: Millis) -> Result<()>;
+    /// The project's replica roots, ordered by URL (none when it has none or does not exist).
+    async fn replica_roots(&self, name: &ProjectName) -> Result<Vec<String>>;
     async fn list_projects(&self) -> Result<Vec<ProjectRow>>;
     async fn project_exists(&self, name: &ProjectName) -> Result<bool>;
     /// Fails with AlreadyExists on a duplicate id or hash.
@@ -286,6 +309,7 @@ pub trait Store: Send + Sync + 'static {
     /// ONE statement: if the lease is free or expired at `now` (or already this instance's),
     /// make `instance` the holder under generation `max(last_generation + 1, min_generation)`,
     /// persisted before it is returned, expiring at `now + ttl_ms`, handoff cleared.
+    /// OutOfRange (nothing written) when `min_generation` is past [`MAX_GENERATION`].
     async fn acquire(
         &self,
         project: &ProjectName,
@@ -332,6 +356,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// ONE statement: issue a generation without the lease (alert policy fork):
     /// `max(last_generation + 1, min_generation)`, persisted before it is returned.
+    /// OutOfRange (nothing written) when `min_generation` is past [`MAX_GENERATION`].
     async fn issue_generation(
         &self,
         project: &ProjectName,
@@ -358,7 +383,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     // Instances.
-    /// Records a process start; a second registration of the same id only refreshes last_seen.
+    /// Records a process start; a second registration of the same id only refreshes last_seen,
+    /// and only when it names the same project (an instance of another project is left alone).
     async fn register_instance(&self, info: &InstanceInfo, now: Millis) -> Result<()>;
     async fn get_instance(&self, id: &InstanceId) -> Result<Option<InstanceRow>>;
     /// Latest report, role and database of an instance; refreshes last_seen.

@@ -25,6 +25,26 @@ use super::{
     NewEvent, NoteRow, ProjectRow, Renewed, Report, ReportUpdate, Result, Store, StoreError, TokenRow,
 };
 
+/// Inserts the replica roots of a project inside `tx`.
+async fn insert_roots(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    name: &ProjectName,
+    roots: &[String],
+    now: Millis,
+) -> Result<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO replica_roots (project, url, created_at) SELECT $1, u, $3 FROM UNNEST($2::text[]) AS u")
+        .bind(name.as_str())
+        .bind(roots.to_vec())
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| on_insert(e, "replica root", &roots.join(", "), ("project", name.as_str())))?;
+    Ok(())
+}
+
 /// Enough concurrent commits to share WAL flushes; far below the server's usual limit of 100.
 const CONNECTIONS: u32 = 16;
 
@@ -164,14 +184,40 @@ impl Store for PostgresStore {
         "postgres"
     }
 
-    async fn create_project(&self, name: &ProjectName, now: Millis) -> Result<()> {
+    async fn create_project(&self, name: &ProjectName, replica_roots: &[String], now: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query("INSERT INTO projects (name, created_at) VALUES ($1, $2)")
             .bind(name.as_str())
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
         inserted.map_err(|e| on_insert(e, "project", name.as_str(), ("project", name.as_str())))?;
+        insert_roots(&mut tx, name, replica_roots, now).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn set_replica_roots(&self, name: &ProjectName, replica_roots: &[String], now: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // The project row is locked, so a concurrent replacement waits for this one.
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM projects WHERE name = $1 FOR UPDATE")
+            .bind(name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if found.is_none() {
+            return Err(StoreError::NotFound { what: "project", name: name.to_string() });
+        }
+        sqlx::query("DELETE FROM replica_roots WHERE project = $1").bind(name.as_str()).execute(&mut *tx).await?;
+        insert_roots(&mut tx, name, replica_roots, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replica_roots(&self, name: &ProjectName) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT url FROM replica_roots WHERE project = $1 ORDER BY url")
+            .bind(name.as_str())
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn list_projects(&self) -> Result<Vec<ProjectRow>> {
@@ -332,6 +378,7 @@ impl Store for PostgresStore {
         now: Millis,
         ttl_ms: i64,
     ) -> Result<Acquired> {
+        super::check_min_generation(min_generation)?;
         // The whole decision is in the WHERE clause: free, expired, or already ours.
         let granted: Option<DatabaseRaw> = sqlx::query_as(concat!(
             "UPDATE databases SET holder = $3, last_generation = GREATEST(last_generation + 1, $4), \
@@ -447,6 +494,7 @@ impl Store for PostgresStore {
         name: &DatabaseName,
         min_generation: Generation,
     ) -> Result<Generation> {
+        super::check_min_generation(min_generation)?;
         let issued: Option<i64> = sqlx::query_scalar(
             "UPDATE databases SET last_generation = GREATEST(last_generation + 1, $3) \
              WHERE project = $1 AND name = $2 RETURNING last_generation",
@@ -486,7 +534,8 @@ impl Store for PostgresStore {
         let inserted = sqlx::query(
             "INSERT INTO instances (id, project, host, platform, mode, version, started_at, last_seen) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-             ON CONFLICT (id) DO UPDATE SET last_seen = GREATEST(instances.last_seen, EXCLUDED.last_seen)",
+             ON CONFLICT (id) DO UPDATE SET last_seen = GREATEST(instances.last_seen, EXCLUDED.last_seen) \
+             WHERE instances.project = EXCLUDED.project",
         )
         .bind(info.id.as_str())
         .bind(info.project.as_str())

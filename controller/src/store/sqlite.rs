@@ -32,6 +32,25 @@ use super::{
 
 pub(super) mod rows;
 
+mod roots {
+    use sqlx::sqlite::SqliteConnection;
+
+    use super::super::Result;
+
+    /// Inserts `roots` of `project` (distinct URLs) on the writer connection.
+    pub async fn insert(c: &mut SqliteConnection, project: &str, roots: &[String], now: i64) -> Result<()> {
+        for url in roots {
+            sqlx::query("INSERT INTO replica_roots (project, url, created_at) VALUES ($1, $2, $3)")
+                .bind(project)
+                .bind(url)
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// Readers beside the single writer.
 const READERS: u32 = 4;
 
@@ -280,20 +299,49 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
-    async fn create_project(&self, name: &ProjectName, now: Millis) -> Result<()> {
+    async fn create_project(&self, name: &ProjectName, replica_roots: &[String], now: Millis) -> Result<()> {
         let name = name.as_str().to_owned();
+        let roots = replica_roots.to_vec();
         self.write(move |c| {
             Box::pin(async move {
                 let inserted = sqlx::query("INSERT INTO projects (name, created_at) VALUES ($1, $2)")
                     .bind(&name)
                     .bind(now)
-                    .execute(c)
+                    .execute(&mut *c)
                     .await;
                 inserted.map_err(|e| on_insert(e, "project", &name, ("project", &name)))?;
-                Ok(())
+                // The project row exists and the roots are distinct: these inserts cannot fail
+                // on a constraint, so the batch never commits the project without its roots.
+                roots::insert(c, &name, &roots, now).await
             })
         })
         .await
+    }
+
+    async fn set_replica_roots(&self, name: &ProjectName, replica_roots: &[String], now: Millis) -> Result<()> {
+        let name = name.as_str().to_owned();
+        let roots = replica_roots.to_vec();
+        self.write(move |c| {
+            Box::pin(async move {
+                let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM projects WHERE name = $1")
+                    .bind(&name)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                if found.is_none() {
+                    return Err(StoreError::NotFound { what: "project", name });
+                }
+                sqlx::query("DELETE FROM replica_roots WHERE project = $1").bind(&name).execute(&mut *c).await?;
+                roots::insert(c, &name, &roots, now).await
+            })
+        })
+        .await
+    }
+
+    async fn replica_roots(&self, name: &ProjectName) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT url FROM replica_roots WHERE project = $1 ORDER BY url")
+            .bind(name.as_str())
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn list_projects(&self) -> Result<Vec<ProjectRow>> {
@@ -474,6 +522,7 @@ impl Store for SqliteStore {
     ) -> Result<Acquired> {
         let key = Key::new(project, name);
         let instance = instance.as_str().to_owned();
+        super::check_min_generation(min_generation)?;
         let min_generation = int("generation", min_generation.0)?;
         self.write(move |c| {
             Box::pin(async move {
@@ -616,6 +665,7 @@ impl Store for SqliteStore {
         min_generation: Generation,
     ) -> Result<Generation> {
         let key = Key::new(project, name);
+        super::check_min_generation(min_generation)?;
         let min_generation = int("generation", min_generation.0)?;
         self.write(move |c| {
             Box::pin(async move {
@@ -708,7 +758,8 @@ impl Store for SqliteStore {
                 let inserted = sqlx::query(
                     "INSERT INTO instances (id, project, host, platform, mode, version, started_at, last_seen) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-                     ON CONFLICT (id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+                     ON CONFLICT (id) DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen) \
+                     WHERE instances.project = excluded.project",
                 )
                 .bind(info.id.as_str())
                 .bind(info.project.as_str())

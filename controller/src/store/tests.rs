@@ -58,7 +58,56 @@ store_test_suite!(
     a_failed_write_among_concurrent_ones_fails_alone,
     corrupt_rows_are_errors_not_panics,
     notes_replace_their_kind_and_filter,
+    replica_roots_come_with_the_project_and_are_replaced_whole,
+    a_huge_min_generation_is_refused_and_never_wedges_the_database,
 );
+
+async fn replica_roots_come_with_the_project_and_are_replaced_whole(f: Fixture) {
+    let s = &f.store;
+    let roots = |r: &[&str]| r.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    s.create_project(&project("a"), &roots(&["s3://b/z", "s3://b/a"]), 1).await.expect("create a");
+    s.create_project(&project("b"), &[], 1).await.expect("create b");
+    assert_eq!(s.replica_roots(&project("a")).await.expect("roots"), roots(&["s3://b/a", "s3://b/z"]));
+    assert!(s.replica_roots(&project("b")).await.expect("roots").is_empty());
+    assert!(s.replica_roots(&project("nope")).await.expect("roots").is_empty());
+    // A duplicate project leaves the first one's roots as they were and adds none.
+    let dup = s.create_project(&project("a"), &roots(&["s3://evil/x"]), 2).await;
+    assert!(matches!(dup, Err(StoreError::AlreadyExists { what: "project", .. })), "{dup:?}");
+    assert_eq!(s.replica_roots(&project("a")).await.expect("roots"), roots(&["s3://b/a", "s3://b/z"]));
+    s.set_replica_roots(&project("a"), &roots(&["file:///srv/a", "s3://b/a"]), 3).await.expect("set");
+    assert_eq!(s.replica_roots(&project("a")).await.expect("roots"), roots(&["file:///srv/a", "s3://b/a"]));
+    s.set_replica_roots(&project("b"), &roots(&["s3://b/b"]), 3).await.expect("set b");
+    assert_eq!(s.replica_roots(&project("b")).await.expect("roots"), roots(&["s3://b/b"]));
+    s.set_replica_roots(&project("a"), &[], 4).await.expect("clear");
+    assert!(s.replica_roots(&project("a")).await.expect("roots").is_empty());
+    assert_eq!(
+        s.replica_roots(&project("b")).await.expect("roots"),
+        roots(&["s3://b/b"]),
+        "other projects keep theirs"
+    );
+    let missing = s.set_replica_roots(&project("nope"), &roots(&["s3://b/x"]), 5).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { what: "project", .. })), "{missing:?}");
+    assert!(s.replica_roots(&project("nope")).await.expect("roots").is_empty());
+}
+
+async fn a_huge_min_generation_is_refused_and_never_wedges_the_database(f: Fixture) {
+    let (p, d) = with_database(&f).await;
+    for huge in [Generation(u64::MAX), Generation(i64::MAX as u64), Generation(MAX_GENERATION.0 + 1)] {
+        let refused = f.store.acquire(&p, &d, &instance("a"), huge, 0, TTL).await;
+        assert!(matches!(refused, Err(StoreError::OutOfRange { .. })), "acquire with {huge:?}: {refused:?}");
+        let refused = f.store.issue_generation(&p, &d, huge).await;
+        assert!(matches!(refused, Err(StoreError::OutOfRange { .. })), "fork with {huge:?}: {refused:?}");
+    }
+    assert_eq!(get(&f, &p, &d).await.last_generation, Generation(0), "nothing was issued");
+    // The largest allowed minimum still leaves every later acquire a number that fits.
+    let (g, ..) = granted(f.store.acquire(&p, &d, &instance("a"), MAX_GENERATION, 0, TTL).await.expect("acquire"));
+    assert_eq!(g, MAX_GENERATION);
+    let (g, ..) = granted(f.store.acquire(&p, &d, &instance("b"), Generation(1), TTL, TTL).await.expect("acquire"));
+    assert_eq!(g, MAX_GENERATION.next());
+    assert_eq!(f.store.issue_generation(&p, &d, Generation(1)).await.expect("fork"), Generation(MAX_GENERATION.0 + 2));
+    let (g, ..) = granted(f.store.acquire(&p, &d, &instance("c"), Generation(1), 3 * TTL, TTL).await.expect("acquire"));
+    assert_eq!(g, Generation(MAX_GENERATION.0 + 3));
+}
 
 async fn notes_replace_their_kind_and_filter(f: Fixture) {
     let note = |p: &str, d: &str, kind: &str, at: i64| NoteRow {
@@ -175,7 +224,7 @@ fn instance(s: &str) -> InstanceId {
 /// A store with project `p` holding database `d` (policy handoff).
 async fn with_database(f: &Fixture) -> (ProjectName, DatabaseName) {
     let (p, d) = (project("p"), db("d"));
-    f.store.create_project(&p, 1).await.expect("create project");
+    f.store.create_project(&p, &[], 1).await.expect("create project");
     f.store.ensure_database(&p, &d, Policy::Handoff, 1).await.expect("ensure database");
     (p, d)
 }
@@ -200,9 +249,9 @@ async fn get(f: &Fixture, p: &ProjectName, d: &DatabaseName) -> DatabaseRow {
 
 async fn projects_are_unique_and_count_their_databases(f: Fixture) {
     let s = &f.store;
-    s.create_project(&project("b"), 2).await.expect("create b");
-    s.create_project(&project("a"), 1).await.expect("create a");
-    let dup = s.create_project(&project("a"), 3).await;
+    s.create_project(&project("b"), &[], 2).await.expect("create b");
+    s.create_project(&project("a"), &[], 1).await.expect("create a");
+    let dup = s.create_project(&project("a"), &[], 3).await;
     assert!(matches!(dup, Err(StoreError::AlreadyExists { what: "project", .. })), "{dup:?}");
     for name in ["x", "y"] {
         s.ensure_database(&project("a"), &db(name), Policy::Wait, 4).await.expect("ensure");
@@ -221,8 +270,8 @@ async fn projects_are_unique_and_count_their_databases(f: Fixture) {
 
 async fn tokens_are_found_by_hash_revoked_once_and_listed(f: Fixture) {
     let s = &f.store;
-    s.create_project(&project("p"), 1).await.expect("create project");
-    s.create_project(&project("q"), 1).await.expect("create project");
+    s.create_project(&project("p"), &[], 1).await.expect("create project");
+    s.create_project(&project("q"), &[], 1).await.expect("create project");
     let token = |id: &str, kind, project: Option<&str>, hash: &str, at| TokenRow {
         id: id.into(),
         kind,
@@ -263,7 +312,7 @@ async fn ensure_database_is_idempotent_and_needs_the_project(f: Fixture) {
     let (p, d) = (project("p"), db("d"));
     let missing = s.ensure_database(&p, &d, Policy::Alert, 5).await;
     assert!(matches!(missing, Err(StoreError::NotFound { what: "project", .. })), "{missing:?}");
-    s.create_project(&p, 1).await.expect("create project");
+    s.create_project(&p, &[], 1).await.expect("create project");
     let first = s.ensure_database(&p, &d, Policy::Alert, 5).await.expect("ensure");
     assert_eq!(
         first,
@@ -595,8 +644,8 @@ async fn events_filter_and_return_the_newest_oldest_first(f: Fixture) {
 async fn instances_register_report_and_list(f: Fixture) {
     let s = &f.store;
     let (p, q, d) = (project("p"), project("q"), db("d"));
-    s.create_project(&p, 1).await.expect("create project");
-    s.create_project(&q, 1).await.expect("create project");
+    s.create_project(&p, &[], 1).await.expect("create project");
+    s.create_project(&q, &[], 1).await.expect("create project");
     let info = |id: &str, project: &ProjectName| InstanceInfo {
         id: instance(id),
         project: project.clone(),
@@ -627,6 +676,10 @@ async fn instances_register_report_and_list(f: Fixture) {
     let mut changed = info("a", &p);
     changed.host = "elsewhere".into();
     s.register_instance(&changed, 150).await.expect("register again");
+    let a = s.get_instance(&instance("a")).await.expect("get").expect("registered");
+    assert_eq!((a.info, a.started_at, a.last_seen), (info("a", &p), 100, 150));
+    // The same id registered by another project refreshes nothing of it.
+    s.register_instance(&info("a", &q), 160).await.expect("register under q");
     let a = s.get_instance(&instance("a")).await.expect("get").expect("registered");
     assert_eq!((a.info, a.started_at, a.last_seen), (info("a", &p), 100, 150));
 
@@ -768,7 +821,7 @@ async fn a_failed_write_among_concurrent_ones_fails_alone(f: Fixture) {
     let writers: Vec<_> = (0..20)
         .map(|i| {
             let store = Arc::clone(&f.store);
-            tokio::spawn(async move { store.create_project(&project(&format!("p{}", i % 10)), i).await })
+            tokio::spawn(async move { store.create_project(&project(&format!("p{}", i % 10)), &[], i).await })
         })
         .collect();
     let (mut created, mut refused) = (0, 0);
@@ -812,7 +865,7 @@ async fn sqlite_store_survives_reopening() {
     let (p, d, a) = (project("p"), db("d"), instance("a"));
     {
         let store = SqliteStore::connect(&url).await.expect("open");
-        store.create_project(&p, 1).await.expect("create project");
+        store.create_project(&p, &[], 1).await.expect("create project");
         store.ensure_database(&p, &d, Policy::Wait, 1).await.expect("ensure");
         granted(store.acquire(&p, &d, &a, Generation(1), 0, TTL).await.expect("acquire"));
         store.pool.close().await;
@@ -839,7 +892,7 @@ async fn sqlite_store_syncs_every_commit() {
 #[tokio::test]
 async fn sqlite_memory_store_works() {
     let store = SqliteStore::connect("sqlite::memory:").await.expect("open in memory");
-    store.create_project(&project("p"), 1).await.expect("create project");
+    store.create_project(&project("p"), &[], 1).await.expect("create project");
     store.ensure_database(&project("p"), &db("d"), Policy::Wait, 1).await.expect("ensure");
     assert_eq!(store.list_projects().await.expect("list")[0].databases, 1);
 }
@@ -869,7 +922,7 @@ async fn postgres_controllers_starting_together_share_one_schema() {
     for start in starts {
         stores.push(start.await.expect("join").expect("connect while others migrate"));
     }
-    stores[0].create_project(&project("p"), 1).await.expect("create project");
+    stores[0].create_project(&project("p"), &[], 1).await.expect("create project");
     assert!(stores[3].project_exists(&project("p")).await.expect("exists"), "one schema for all");
     let migrations: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
         .fetch_one(&stores[1].pool)
