@@ -275,6 +275,9 @@ fn calls_naming_another_projects_instance_are_refused_and_only_a_real_release_se
     let report = v1::Report { local_txid: 999, durable_txid: 999, state: "hijacked".into(), ..Default::default() };
     rt.block_on(async {
         let mut a = agent_client(&c.url(), &alpha)?;
+        // alpha's own database of that name, held by alpha's own instance.
+        register(&mut a, "alpha", "a0", "replicate").await?;
+        granted(&mut a, "alpha", "other", "a0", "").await?;
         let renew = a
             .renew(v1::RenewRequest {
                 project: "alpha".into(),
@@ -503,7 +506,7 @@ fn events_caused_by_a_projects_agents_are_capped_and_the_overflow_is_counted() -
     })?;
     let recorded = events(&c, "alpha", "delete_refused")?.len();
     assert!(
-        recorded >= 600 && recorded < CALLS,
+        (600..CALLS).contains(&recorded),
         "{recorded} of {CALLS} refused deletes recorded: the quota lets 600 through at once, not all"
     );
     assert_eq!(events(&c, "beta", "delete_refused")?.len(), 1, "beta's quota is its own");
@@ -520,5 +523,28 @@ fn events_caused_by_a_projects_agents_are_capped_and_the_overflow_is_counted() -
     });
     let msg = suppressed[0]["message"].as_str().unwrap_or("");
     assert!(msg.contains("were not recorded") && msg.contains("quota"), "{msg}");
+    Ok(())
+}
+
+/// A real agent pointed at another tenant's prefix does not start: it exits non-zero with the
+/// controller's refusal, and writes nothing there.
+#[test]
+fn a_real_agent_naming_a_replica_outside_its_roots_exits_with_the_refusal() -> Result<()> {
+    let s3 = S3Server::new()?;
+    let c = Controller::start_sqlite_with(TTL, s3.env(), &[])?;
+    let alpha = c.create_project_with_roots("alpha", &["s3://test/alpha"])?;
+    c.create_project_with_roots("beta", &["s3://test/beta"])?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("app.db");
+    tests::sqlite::open_wal(&db)?.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")?;
+    let url = s3.url("beta/app");
+    let env = c.agent_env(s3.env(), &alpha, "alpha", "app");
+    let mut agent = tests::Agent::start(&["replicate", db.to_str().context("utf-8")?, &url], &env)?;
+    let st = agent.wait(Duration::from_secs(60))?;
+    assert!(!st.success(), "the agent must not run on a refused replica:\n{}", agent.stderr());
+    let err = agent.stderr();
+    assert!(err.contains("outside the replica roots") && err.contains(&url), "{err}");
+    assert!(s3.keys("beta/app").iter().all(|k| k.contains("probe")), "{:?}", s3.keys("beta/app"));
+    assert_eq!(events(&c, "alpha", "replica_refused")?.len(), 1);
     Ok(())
 }
