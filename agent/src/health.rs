@@ -69,7 +69,9 @@ impl DbMetrics {
     /// Waits until everything committed before this call (or `txid`, when given) is durable.
     /// Rides the normal upload cadence: it only asks for a capture, never for an extra upload.
     pub async fn wait_durable(&self, txid: Option<u64>, timeout: std::time::Duration) -> Result<u64, u64> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // Far past any cap the handler sets; checked so that no duration can overflow it.
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + MAX_DURABLE_TIMEOUT);
         let asked = chrono::Utc::now().timestamp_millis();
         let mut target = txid;
         loop {
@@ -248,9 +250,23 @@ struct WaitQuery {
     timeout: Option<String>,
 }
 
+/// The longest `/durable?timeout=` accepted; a longer one is a 400.
+pub const MAX_DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Parses `/durable`'s `timeout` (default 10 s, at most [`MAX_DURABLE_TIMEOUT`]).
+fn durable_timeout(v: Option<&str>) -> Result<std::time::Duration, String> {
+    let Some(v) = v else { return Ok(std::time::Duration::from_secs(10)) };
+    let d = humantime::parse_duration(v).map_err(|e| format!("timeout {v:?} is not a duration (say 10s): {e}"))?;
+    if d > MAX_DURABLE_TIMEOUT {
+        return Err(format!("timeout {v:?} is over the maximum of 1h"));
+    }
+    Ok(d)
+}
+
 /// `GET /durable[?db=NAME][&txid=N][&timeout=10s]`: 200 with the durable TXID once the
-/// app's latest commit (or TXID N) is in object storage; 504 on timeout; 503 when a
-/// controller is configured and the lease is not confirmed.
+/// app's latest commit (or TXID N) is in object storage; 504 on timeout (at most 1 h; a bad
+/// or longer timeout is a 400); 503 when a controller is configured and the lease is not
+/// confirmed.
 async fn wait_durable(
     State(r): State<Arc<Registry>>,
     axum::extract::Query(q): axum::extract::Query<WaitQuery>,
@@ -262,10 +278,9 @@ async fn wait_durable(
         (None, _) => return (StatusCode::BAD_REQUEST, "several databases: name one with ?db=\n".into()),
     };
     let Some(db) = db else { return (StatusCode::NOT_FOUND, "no such database\n".into()) };
-    let timeout = match q.timeout.as_deref().map(humantime::parse_duration) {
-        None => std::time::Duration::from_secs(10),
-        Some(Ok(d)) => d,
-        Some(Err(e)) => return (StatusCode::BAD_REQUEST, format!("timeout: {e}\n")),
+    let timeout = match durable_timeout(q.timeout.as_deref()) {
+        Ok(d) => d,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     match db.wait_durable(q.txid, timeout).await {
         // Checked when the answer is given: that is the moment durability is declared.

@@ -160,6 +160,7 @@ impl Leased {
                 database: self.name.clone(),
                 generation: lease.generation,
                 store: store.clone(),
+                forked: matches!(lease.kind, LeaseKind::Forked { .. }),
             }
             .run(keeper_stop.clone()),
         );
@@ -500,7 +501,9 @@ async fn restore_point(cfg: &ReplicateConfig, r: &Rollback) -> Result<()> {
         other => bail!("nothing restored: {other:?}"),
     };
     let aside = move_aside_as(&db.path, "rolled-back")?;
-    std::fs::rename(&staged, &db.path).with_context(|| format!("move restored database to {}", db.path.display()))?;
+    // Never over a file that appeared at the path meanwhile.
+    restore::rename_noreplace(&staged, &db.path)
+        .with_context(|| format!("move restored database to {}", db.path.display()))?;
     state::save(
         &db.path,
         &state::LocalState {

@@ -447,7 +447,11 @@ async fn retention(
         }
         return Ok(0);
     }
-    let info = cl.get_retention(v1::GetRetentionRequest { project, database }).await.map_err(status)?.into_inner();
+    let info = cl
+        .get_retention(v1::GetRetentionRequest { project: project.clone(), database: database.clone() })
+        .await
+        .map_err(status)?
+        .into_inner();
     let keep_ms = keep.map_or(info.keep_ms, |k| k.as_millis() as u64);
     if !dry_run {
         if c.json {
@@ -468,7 +472,28 @@ async fn retention(
         let store = agent::object_store::ObjectStore::from_url(&info.replica_url)
             .await
             .with_context(|| format!("open replica {}", info.replica_url))?;
-        let listing = agent::retention::list(&store).await?;
+        let mut listing = agent::retention::list(&store).await?;
+        // Without the key an encrypted database's manifests are unreadable here: take the
+        // parents the controller recorded, so the plan matches the agent's.
+        if listing.iter().any(|l| l.origin == agent::retention::Origin::Unknown) {
+            let recorded = cl
+                .list_generations(v1::ListGenerationsRequest { project, database })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .generations;
+            for l in listing.iter_mut().filter(|l| l.origin == agent::retention::Origin::Unknown) {
+                if let Some(g) = recorded.iter().find(|g| g.generation == l.generation.0) {
+                    l.origin = match &g.parent {
+                        Some(p) => agent::retention::Origin::From {
+                            generation: proto::model::Generation(p.generation),
+                            txid: proto::model::Txid(p.txid),
+                        },
+                        None => agent::retention::Origin::New,
+                    };
+                }
+            }
+        }
         agent::retention::plan(
             &listing,
             proto::model::Generation(info.current_generation),

@@ -14,5 +14,6 @@ mod large;
 mod lifecycle;
 mod persistence;
 mod point_in_time;
+mod safety_restore;
 mod security_controller;
 mod transport;

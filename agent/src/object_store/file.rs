@@ -9,6 +9,10 @@
 //! the etag without reading content. `If-Match` compares and renames under a lock held by this
 //! store (and its clones): it is atomic within one process, not between processes sharing the
 //! directory.
+//!
+//! Symbolic links below the root are never followed: listings skip them with a warning, and
+//! deletes check every directory on the way with `O_NOFOLLOW` and the name with `lstat`, so a linked
+//! generation cannot lead retention outside the root.
 
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -157,11 +161,8 @@ impl FileStore {
             let mut touched = std::collections::BTreeMap::new();
             for key in &keys {
                 let path = root.join(key);
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    // Missing keys are fine; a directory is not an object either.
-                    Err(err) if is_not_found(&err) || path.is_dir() => continue,
-                    Err(err) => return Err(ObjectStoreError::io("delete", key, err)),
+                if !delete_nofollow(&root, key).map_err(|err| ObjectStoreError::io("delete", key, err))? {
+                    continue;
                 }
                 if let Some(parent) = path.parent() {
                     touched.entry(parent.to_path_buf()).or_insert_with(|| key.clone());
@@ -378,6 +379,13 @@ fn list_blocking(root: &Path, prefix: &str, delimiter: Option<&str>) -> io::Resu
     };
     let start = root.join(dir_part.trim_end_matches('/'));
     let mut listing = Listing::default();
+    if !dir_part.is_empty() {
+        match open_dir_nofollow(root, Path::new(dir_part.trim_end_matches('/'))) {
+            Ok(_) => {}
+            Err(err) if is_not_found(&err) => return Ok(listing),
+            Err(err) => return Err(err),
+        }
+    }
     if delimiter == Some("/") {
         for (name, path, meta) in read_dir_entries(&start)? {
             let key = format!("{dir_part}{name}");
@@ -414,7 +422,8 @@ fn list_blocking(root: &Path, prefix: &str, delimiter: Option<&str>) -> io::Resu
     Ok(listing)
 }
 
-/// Entries of `dir` (following symlinks), without temporary files or non-UTF-8 names; none when
+/// Entries of `dir`, without temporary files, non-UTF-8 names or symbolic links (skipped with a
+/// warning: a link could lead a listing, and retention's deletes, outside the root); none when
 /// the directory does not exist.
 fn read_dir_entries(dir: &Path) -> io::Result<Vec<(String, PathBuf, fs::Metadata)>> {
     let entries = match fs::read_dir(dir) {
@@ -433,14 +442,74 @@ fn read_dir_entries(dir: &Path) -> io::Result<Vec<(String, PathBuf, fs::Metadata
             continue;
         }
         let path = entry.path();
-        match fs::metadata(&path) {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                tracing::warn!(path = %path.display(), "skipping a symbolic link in a file replica: it is never followed");
+            }
             Ok(meta) => out.push((name, path, meta)),
-            // Deleted since read_dir, or a dangling symlink.
+            // Deleted since read_dir.
             Err(err) if is_not_found(&err) => continue,
             Err(err) => return Err(err),
         }
     }
     Ok(out)
+}
+
+/// Checks `rel` (a relative directory path) under `root` one component at a time, opening
+/// each with `O_NOFOLLOW`: a symbolic link anywhere below the root is an error naming it, never
+/// followed. The root itself may be a link.
+fn open_dir_nofollow(root: &Path, rel: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |p: &Path, flags: i32| OpenOptions::new().read(true).custom_flags(flags | libc::O_DIRECTORY).open(p);
+    let mut dir = open(root, 0)?;
+    let mut walked = root.to_path_buf();
+    for part in rel.components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a plain path", rel.display())));
+        };
+        walked.push(name);
+        dir = match open(&walked, libc::O_NOFOLLOW) {
+            Ok(d) => d,
+            Err(_) if fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink()) => {
+                return Err(io::Error::other(format!(
+                    "{} is a symbolic link inside the replica root: not followed",
+                    walked.display()
+                )));
+            }
+            Err(err) => return Err(err),
+        };
+    }
+    Ok(dir)
+}
+
+/// Deletes the object `key` under `root` without following any symbolic link: every directory
+/// on the way is checked with `O_NOFOLLOW` and the name itself with `symlink_metadata`. Returns
+/// whether a file was removed (a missing key, a directory or a symbolic link is not an object;
+/// a link is left in place with a warning).
+fn delete_nofollow(root: &Path, key: &str) -> io::Result<bool> {
+    let rel = Path::new(key);
+    let Some(parent) = rel.parent() else { return Ok(false) };
+    match open_dir_nofollow(root, parent) {
+        Ok(_) => {}
+        Err(err) if is_not_found(&err) => return Ok(false),
+        Err(err) => return Err(err),
+    }
+    let path = root.join(rel);
+    match fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            tracing::warn!(key, root = %root.display(), "not deleting a symbolic link in a file replica");
+            return Ok(false);
+        }
+        Ok(meta) if !meta.is_file() => return Ok(false),
+        Ok(_) => {}
+        Err(err) if is_not_found(&err) => return Ok(false),
+        Err(err) => return Err(err),
+    }
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(err) if is_not_found(&err) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 fn walk(dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {

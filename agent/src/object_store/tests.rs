@@ -682,3 +682,40 @@ async fn from_url_env_child() {
     assert_eq!(store.get("seed").await.expect("get"), Bytes::from_static(b"from the parent"));
     store.put("from-child", Bytes::from_static(b"from the child"), &PutOptions::default()).await.expect("put");
 }
+
+/// A generation directory that is a symbolic link to a directory outside the root: listings
+/// skip it (so retention never plans its files), and a delete through it is refused naming it,
+/// leaving the files outside the root in place. A link to a file is not an object either.
+#[tokio::test]
+async fn file_backend_never_follows_symlinks_when_listing_or_deleting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+    let store = ObjectStore::File(FileStore::new(root.clone()));
+    let real = "0000000000000001/ltx/0/0000000000000001-0000000000000001.ltx";
+    store.put(real, Bytes::from_static(b"mine"), &PutOptions::default()).await.expect("put");
+    let victim = outside.join("ltx/0/0000000000000001-0000000000000001.ltx");
+    std::fs::create_dir_all(victim.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&victim, b"not the replica's").expect("write victim");
+    std::os::unix::fs::symlink(&outside, root.join("0000000000000002")).expect("symlink generation");
+    std::os::unix::fs::symlink(&victim, root.join("0000000000000001/ltx/0/0000000000000002-0000000000000002.ltx"))
+        .expect("symlink file");
+
+    let top = store.list("", Some("/")).await.expect("list root");
+    assert_eq!(top.common_prefixes, vec!["0000000000000001/".to_string()], "the linked generation is skipped");
+    let all = store.list("", None).await.expect("list all");
+    let keys: Vec<&str> = all.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, vec![real], "links are neither followed nor listed");
+    let err = store.list("0000000000000002/", None).await.expect_err("listing through a link");
+    assert!(err.to_string().contains("0000000000000002"), "{err}");
+    let gens = crate::retention::list(&store).await.expect("retention listing");
+    assert_eq!(gens.iter().map(|l| l.generation.0).collect::<Vec<_>>(), vec![1]);
+
+    let through = "0000000000000002/ltx/0/0000000000000001-0000000000000001.ltx".to_string();
+    let err = store.delete_many(std::slice::from_ref(&through)).await.expect_err("a delete through a link");
+    assert!(err.to_string().contains("0000000000000002"), "{err}");
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"not the replica's", "nothing outside the root is deleted");
+    let link = "0000000000000001/ltx/0/0000000000000002-0000000000000002.ltx".to_string();
+    store.delete_many(&[link, real.to_string()]).await.expect("delete");
+    assert!(victim.exists(), "a linked file's target stays");
+    assert!(!root.join(real).exists(), "the real object is deleted");
+}

@@ -6,10 +6,9 @@
 //! `PREFETCH` of them, each at most `PREFETCH_MAX_BYTES`), large ones are streamed page by
 //! page when their turn comes, and the running checksum costs 8 bytes a page.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -46,16 +45,10 @@ enum Body {
     Stream,
 }
 
-/// Writes the database described by `plan` into `tmp` (created, must not exist). The caller
-/// fsyncs it.
-pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) -> Result<Applied> {
-    let out = OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create_new(true)
-        .open(tmp)
-        .with_context(|| format!("create {}", tmp.display()))?;
-    let out = Arc::new(out);
+/// Writes the database described by `plan` into `out`, a new empty file the caller created
+/// (and fsyncs afterwards). The database's page size and final length come from the LTX
+/// headers; page 1 must agree with them.
+pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, out: Arc<File>) -> Result<Applied> {
     let fetches = futures::stream::iter(plan.iter().cloned().map(|obj| {
         let store = store.clone();
         async move {
@@ -73,7 +66,8 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
     .buffered(PREFETCH);
     futures::pin_mut!(fetches);
 
-    let mut state: Option<(PageSums, u32)> = None; // (sums, commit)
+    let mut state: Option<(PageSums, u32, u32)> = None; // (sums, commit, page size)
+    let mut last_key = String::new();
     let mut reached = Txid::ZERO;
     let mut checksummed = true;
     let mut bytes = 0u64;
@@ -115,10 +109,20 @@ pub async fn apply(store: Arc<ObjectStore>, plan: Vec<LtxObject>, tmp: &Path) ->
             );
         }
         reached = Txid(header.max_txid);
-        state = Some((sums, commit));
+        state = Some((sums, commit, header.page_size));
+        last_key = obj.key;
     }
-    let Some((sums, commit)) = state else { bail!("restore plan is empty") };
-    let page_size = page_size_of(&out)?;
+    let Some((sums, commit, page_size)) = state else { bail!("restore plan is empty") };
+    // Every page 1 written was checked against its file's header; this covers the file as a
+    // whole (say, a plan whose files never wrote page 1).
+    let stored = page_size_of(&out)?;
+    if stored != page_size {
+        bail!(
+            "restored page 1 says the page size is {stored} but the LTX headers up to {last_key} in {} say {page_size}: \
+             the replica is damaged",
+            store.describe()
+        );
+    }
     out.set_len(u64::from(commit) * u64::from(page_size)).context("truncate restored database")?;
     Ok(Applied { txid: reached, checksum: sums.checksum(), page_size, pages: commit, files, bytes })
 }
@@ -133,16 +137,33 @@ fn write_run(out: &File, pages: &[u8], first: u32, page_size: usize) -> std::io:
 fn page_size_of(f: &File) -> Result<u32> {
     let mut h = [0u8; 2];
     f.read_exact_at(&mut h, 16).context("read restored page size")?;
+    Ok(page_size_field(h))
+}
+
+/// The page size SQLite's header field (bytes 16-17 of page 1) stands for.
+fn page_size_field(h: [u8; 2]) -> u32 {
     let v = u16::from_be_bytes(h);
-    Ok(if v == 1 { 65536 } else { u32::from(v) })
+    if v == 1 {
+        65536
+    } else {
+        u32::from(v)
+    }
 }
 
 type Step = (PageSums, u32, ltx::Header, ltx::Trailer);
 
-fn apply_one(out: &File, reader: Box<dyn Read + Send>, prev: Option<(PageSums, u32)>, reached: Txid) -> Result<Step> {
+fn apply_one(
+    out: &File,
+    reader: Box<dyn Read + Send>,
+    prev: Option<(PageSums, u32, u32)>,
+    reached: Txid,
+) -> Result<Step> {
     // Both readers hand out bytes already in memory: a BufReader would only copy them again.
     let mut dec = Decoder::new(reader)?;
     let h = *dec.header();
+    if let Some((_, _, size)) = prev.as_ref().filter(|p| p.2 != h.page_size) {
+        bail!("its header says the page size is {} but the files before it say {size}", h.page_size);
+    }
     let mut sums = match prev {
         None => {
             if h.min_txid != 1 {
@@ -150,7 +171,7 @@ fn apply_one(out: &File, reader: Box<dyn Read + Send>, prev: Option<(PageSums, u
             }
             PageSums::new(h.page_size)
         }
-        Some((sums, _)) => {
+        Some((sums, _, _)) => {
             if h.min_txid > reached.0 + 1 {
                 bail!("transactions {}..{} are missing", reached.0 + 1, h.min_txid - 1);
             }
@@ -175,6 +196,12 @@ fn apply_one(out: &File, reader: Box<dyn Read + Send>, prev: Option<(PageSums, u
     loop {
         let slot = count * ps;
         let Some(pgno) = dec.next_page(&mut batch[slot..slot + ps])? else { break };
+        if pgno == 1 {
+            let field = page_size_field([batch[slot + 16], batch[slot + 17]]);
+            if field != h.page_size {
+                bail!("its page 1 says the page size is {field} but its header says {}", h.page_size);
+            }
+        }
         sums.set(pgno, ltx::checksum_page(pgno, &batch[slot..slot + ps]));
         if count > 0 && pgno != first + count as u32 {
             write_run(out, &batch[..slot], first, ps)?;
@@ -250,6 +277,8 @@ impl Read for Ranged {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::object_store::{FileStore, PutOptions};
 
@@ -287,6 +316,63 @@ mod tests {
                 assert!(got == data, "{len} bytes through {} read back differently", store.describe());
             }
         }
+    }
+
+    /// A snapshot of `commit` pages of `page_size` bytes whose page 1 header field says
+    /// `page1_field`, stored at `key`; returns its plan entry.
+    async fn stored_snapshot(
+        store: &ObjectStore,
+        key: &str,
+        page_size: u32,
+        commit: u32,
+        page1_field: u16,
+    ) -> LtxObject {
+        let header =
+            ltx::Header { page_size, commit, min_txid: 1, max_txid: 1, timestamp_ms: 1, ..ltx::Header::default() };
+        let mut enc = ltx::Encoder::new(Vec::new(), header).expect("encoder");
+        let mut sums = PageSums::new(page_size);
+        for pgno in 1..=commit {
+            let mut data = vec![pgno as u8; page_size as usize];
+            if pgno == 1 {
+                data[..16].copy_from_slice(b"SQLite format 3\0");
+                data[16..18].copy_from_slice(&page1_field.to_be_bytes());
+            }
+            sums.set(pgno, ltx::checksum_page(pgno, &data));
+            enc.encode_page(pgno, &data).expect("encode page");
+        }
+        let (bytes, _) = enc.finish(sums.checksum()).expect("finish");
+        let size = bytes.len() as u64;
+        store.put(key, Bytes::from(bytes), &PutOptions::default()).await.expect("put");
+        LtxObject { key: key.into(), level: 9, min: Txid(1), max: Txid(1), size }
+    }
+
+    async fn apply_into(store: Arc<ObjectStore>, plan: Vec<LtxObject>, dir: &Path) -> Result<(Applied, u64)> {
+        let path = dir.join("out.db");
+        let out = Arc::new(std::fs::File::options().read(true).write(true).create_new(true).open(&path)?);
+        let applied = apply(store, plan, out.clone()).await?;
+        Ok((applied, out.metadata()?.len()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_length_comes_from_the_ltx_header_and_page_1_must_agree() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(ObjectStore::File(FileStore::new(dir.path().join("replica"))));
+        let good = stored_snapshot(&store, "good.ltx", 1024, 3, 1024).await;
+        let (applied, len) = apply_into(store.clone(), vec![good], dir.path()).await.expect("apply");
+        assert_eq!((applied.page_size, applied.pages, len), (1024, 3, 3 * 1024));
+        // Page 1 claims 4096-byte pages: the length must not become 3 x 4096, and the error
+        // names the object.
+        let bad = stored_snapshot(&store, "damaged.ltx", 1024, 3, 4096).await;
+        std::fs::remove_file(dir.path().join("out.db")).expect("remove");
+        let err = apply_into(store.clone(), vec![bad], dir.path()).await.expect_err("mismatched page size");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("damaged.ltx") && msg.contains("page size"), "{msg}");
+    }
+
+    #[test]
+    fn the_page_size_field_reads_one_as_65536() {
+        assert_eq!(page_size_field(1u16.to_be_bytes()), 65536);
+        assert_eq!(page_size_field(4096u16.to_be_bytes()), 4096);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! into place atomically. The output path is never touched unless everything succeeded.
 
 mod apply;
+mod output;
 pub mod plan;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use crate::manifest::Manifest;
 use crate::object_store::{Backend, ObjectStore};
 
 pub use apply::Applied;
+pub use output::rename_noreplace;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -223,7 +225,8 @@ pub enum RestoreOutcome {
 }
 
 pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<RestoreOutcome> {
-    if opts.output.exists() {
+    // A symlink counts as existing, even a dangling one: it is never replaced either.
+    if output::occupied(&opts.output) {
         if opts.if_db_not_exists {
             return Ok(RestoreOutcome::SkippedDbExists);
         }
@@ -233,27 +236,21 @@ pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<R
         return Ok(RestoreOutcome::SkippedNoReplica);
     }
     let chosen = choose(&store, opts.target).await?;
-    let tmp = tmp_path(&opts.output);
-    let _ = std::fs::remove_file(&tmp);
     if let Some(dir) = opts.output.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
     }
+    // A name of this restore's own: another restore's temporary file (or anything else) beside
+    // the output is left alone.
+    let tmp = Arc::new(output::TempOutput::create(&opts.output)?);
     let result = async {
-        let applied = apply::apply(store.clone(), chosen.plan, &tmp).await?;
+        let file = Arc::new(tmp.file.try_clone().context("duplicate the restore's file descriptor")?);
+        let applied = apply::apply(store.clone(), chosen.plan, file.clone()).await?;
         // The check only reads the file, so it runs while the file's pages are written back.
-        let t = tmp.clone();
-        let sync = tokio::task::spawn_blocking(move || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&t)
-                .and_then(|f| f.sync_all())
-                .context("fsync restored database")
-        });
-        let t = tmp.clone();
-        let check = opts.integrity_check;
-        let check = tokio::task::spawn_blocking(move || if check { integrity_check(&t) } else { Ok(()) });
+        let sync = tokio::task::spawn_blocking(move || file.sync_all().context("fsync restored database"));
+        let (t, check) = (tmp.clone(), opts.integrity_check);
+        let check = tokio::task::spawn_blocking(move || if check { t.check_by_name(integrity_check) } else { Ok(()) });
         let (synced, checked) = tokio::join!(sync, check);
         checked.context("integrity check task")??;
         synced.context("fsync task")??;
@@ -263,16 +260,12 @@ pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<R
     let applied = match result {
         Ok(a) => a,
         Err(e) => {
-            remove_with_sidecars(&tmp);
+            tmp.discard();
             return Err(e);
         }
     };
-    if opts.output.exists() {
-        remove_with_sidecars(&tmp);
-        bail!("output {} appeared during the restore; left it untouched", opts.output.display());
-    }
-    std::fs::rename(&tmp, &opts.output)
-        .with_context(|| format!("move restored database to {}", opts.output.display()))?;
+    // Fails, replacing nothing, if anything appeared at the output meanwhile.
+    tmp.install(&opts.output)?;
     if let Some(dir) = opts.output.parent() {
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         std::fs::File::open(dir).and_then(|d| d.sync_all()).context("fsync output directory")?;
@@ -292,34 +285,16 @@ pub async fn restore(store: Arc<ObjectStore>, opts: &RestoreOptions) -> Result<R
     Ok(RestoreOutcome::Restored { applied, generation: chosen.generation })
 }
 
-fn tmp_path(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".walfleet-restore.tmp");
-    PathBuf::from(s)
-}
-
-fn remove_with_sidecars(p: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut s = p.as_os_str().to_owned();
-        s.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(s));
-    }
-}
-
 /// `PRAGMA integrity_check` on a database file, read-only so nothing next to it changes.
+/// (A WAL-mode header makes a read-only open look for a -wal file; `immutable` avoids that.)
 pub fn integrity_check(path: &Path) -> Result<()> {
     let c = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        output::sqlite_uri(path, "immutable=1"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("open {} for integrity check", path.display()))?;
-    // A WAL-mode header makes a read-only open look for a -wal file; immutable avoids that.
-    drop(c);
-    let uri = format!("file:{}?immutable=1", path.display());
-    let c = rusqlite::Connection::open_with_flags(
-        uri,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
-    )?;
     let mut stmt = c.prepare("PRAGMA integrity_check")?;
     let rows: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     if rows != ["ok"] {
