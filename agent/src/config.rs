@@ -17,6 +17,10 @@ use crate::restore::Target;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as plain text (colour only on a terminal) or one JSON object per line with
+    /// `severity` (default: WALFLEET_LOG_FORMAT, else plain). Filter with WALFLEET_LOG.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::telemetry::LogFormat>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,7 +4,10 @@ use tokio_util::sync::CancellationToken;
 fn main() -> std::process::ExitCode {
     let cli = agent::config::Cli::parse();
     return_large_buffers();
-    agent::telemetry::init();
+    agent::telemetry::init(
+        agent::telemetry::format_from_env(cli.log_format),
+        "info,aws_config=warn,aws_smithy_runtime=warn",
+    );
     // rustls sees two crypto providers in this build (ring for gRPC, aws-lc-rs from the AWS
     // SDK); name one or TLS to the controller panics.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -24,8 +27,8 @@ fn main() -> std::process::ExitCode {
         match agent::app::run(cli.command, cancel).await {
             Ok(code) => std::process::ExitCode::from(code as u8),
             Err(e) => {
+                // Once, as a log line (JSON when asked): the platform's log viewer shows it.
                 tracing::error!("{e:#}");
-                eprintln!("walfleet-agent: error: {e:#}");
                 std::process::ExitCode::from(1)
             }
         }

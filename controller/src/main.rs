@@ -2,21 +2,10 @@ use clap::Parser;
 use controller::config::{Cli, Command};
 use tokio_util::sync::CancellationToken;
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
-    let json = std::env::var("WALFLEET_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    agent::telemetry::init(agent::telemetry::format_from_env(cli.log_format), "info,sqlx=warn");
     // rustls sees two crypto providers in this build (ring and aws-lc-rs); use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cancel = CancellationToken::new();

@@ -12,6 +12,7 @@ mod interop;
 mod inventory;
 mod large;
 mod lifecycle;
+mod logs;
 mod persistence;
 mod point_in_time;
 mod safety_restore;
