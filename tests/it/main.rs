@@ -14,3 +14,4 @@ mod large;
 mod lifecycle;
 mod persistence;
 mod point_in_time;
+mod safety_agent;
