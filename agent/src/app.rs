@@ -30,6 +30,7 @@ pub async fn run(command: Command, cancel: CancellationToken) -> Result<i32> {
 
 /// Sidecar mode: restore where needed, then replicate until cancelled.
 pub async fn replicate(cfg: ReplicateConfig, stale_protection: bool, cancel: CancellationToken) -> Result<()> {
+    let _locks = crate::run::lock_databases(&cfg)?;
     let registry = Arc::new(Registry::default());
     let tracker = TaskTracker::new();
     let http = tracker.spawn(health::serve(cfg.http_addr, registry.clone(), cancel.clone()));

@@ -38,6 +38,12 @@ pub struct DbMetrics {
     pub snapshots: AtomicU64,
     pub checkpoints: AtomicU64,
     pub upload_blocked: AtomicBool,
+    /// Failed captures and checkpoints (each is tried again).
+    pub capture_errors: AtomicU64,
+    /// True from a failed capture or checkpoint until one succeeds.
+    pub capture_failing: AtomicBool,
+    /// True once the replication of this database ended with an error: nothing more is shipped.
+    pub stopped: AtomicBool,
     pub ready: AtomicBool,
     /// Wall-clock ms at which the newest completed capture started: every commit before it
     /// is in `local_txid`.
@@ -118,6 +124,11 @@ impl DbMetrics {
         }
     }
 
+    /// False while captures fail or once replication stopped: commits are not being shipped.
+    pub fn replicating(&self) -> bool {
+        !self.capture_failing.load(Ordering::Relaxed) && !self.stopped.load(Ordering::Relaxed)
+    }
+
     pub fn lag_seconds(&self) -> f64 {
         match self.oldest_pending_ms.load(Ordering::Relaxed) {
             0 => 0.0,
@@ -158,7 +169,7 @@ impl Registry {
 
     pub fn ready(&self) -> bool {
         self.started.load(Ordering::Relaxed)
-            && self.dbs().iter().all(|d| d.ready.load(Ordering::Relaxed) && d.lease_ready())
+            && self.dbs().iter().all(|d| d.ready.load(Ordering::Relaxed) && d.lease_ready() && d.replicating())
     }
 
     pub fn render(&self) -> String {
@@ -196,6 +207,15 @@ impl Registry {
             "counter",
             &|d| ld(&d.checkpoints),
         );
+        gauge(&mut s, "walfleet_capture_errors_total", "Failed captures and checkpoints.", "counter", &|d| {
+            ld(&d.capture_errors)
+        });
+        gauge(&mut s, "walfleet_capture_failing", "1 while captures from the WAL fail.", "gauge", &|d| {
+            f64::from(u8::from(d.capture_failing.load(Ordering::Relaxed)))
+        });
+        gauge(&mut s, "walfleet_replication_stopped", "1 once replication ended with an error.", "gauge", &|d| {
+            f64::from(u8::from(d.stopped.load(Ordering::Relaxed)))
+        });
         gauge(&mut s, "walfleet_upload_blocked", "1 while object storage refuses uploads.", "gauge", &|d| {
             f64::from(u8::from(d.upload_blocked.load(Ordering::Relaxed)))
         });

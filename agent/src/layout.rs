@@ -61,10 +61,24 @@ pub fn ltx_objects(backend: &Backend, base: &str, listing: &Listing) -> Vec<LtxO
             },
         };
         let (Some(level), Some((min, max))) = (level, crate::ltx::parse_filename(name)) else { continue };
+        // TXIDs start at 1 and grow by one, so a range that runs backwards, or ends at the
+        // largest TXID (no transaction could follow it), is not an LTX file of a replica.
+        if min == 0 || min > max || max == u64::MAX {
+            continue;
+        }
         out.push(LtxObject { key: obj.key.clone(), level, min: Txid(min), max: Txid(max), size: obj.size });
     }
     out.sort_by_key(|o| (o.level, o.min, o.max));
     out
+}
+
+/// The generation after `last`, or an error naming the replica when `last` is the largest
+/// number (a prefix named `ffffffffffffffff` leaves no room for another writer).
+pub fn next_generation(last: Generation) -> anyhow::Result<Generation> {
+    match last.0.checked_add(1) {
+        Some(n) => Ok(Generation(n)),
+        None => anyhow::bail!("the replica holds generation {last}, the largest possible: no generation can follow it"),
+    }
 }
 
 /// Generation numbers named by the common prefixes of a root listing.
@@ -108,6 +122,9 @@ mod tests {
             let keys = [
                 ltx_key(&backend, base, 0, Txid(2), Txid(2)),
                 ltx_key(&backend, base, 1, Txid(1), Txid(2)),
+                ltx_key(&backend, base, 0, Txid(3), Txid(u64::MAX)),
+                ltx_key(&backend, base, 0, Txid(5), Txid(4)),
+                ltx_key(&backend, base, 0, Txid(0), Txid(0)),
                 format!("{base}manifest.json"),
                 format!("{base}0000/garbage.ltx"),
                 format!("{base}ltx/x/0000000000000001-0000000000000001.ltx"),

@@ -13,6 +13,14 @@ use crate::object_store::{ObjectStore, PutCondition, PutOptions};
 
 pub const FORMAT: u32 = 1;
 
+/// The largest manifest read: a real one is well under a kilobyte.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 10;
+
+/// How long a claim on a store that ignores conditional writes waits before reading the
+/// manifest back: a second writer that found the generation free at the same moment has put
+/// its own manifest by then, and one of the two sees the other's identity.
+const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub txid: Txid,
@@ -70,6 +78,8 @@ pub enum ManifestError {
     Claimed(Generation),
     #[error("manifest {key} is damaged: {source}")]
     Damaged { key: String, source: serde_json::Error },
+    #[error("manifest {key} is larger than {max} bytes; it is not one walfleet wrote")]
+    TooLarge { key: String, max: u64 },
     #[error(transparent)]
     Store(#[from] crate::object_store::ObjectStoreError),
 }
@@ -88,13 +98,24 @@ impl Manifest {
             condition: if conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
             timestamp: None,
         };
-        match store.put(&key, body.into(), &opts).await {
-            Ok(etag) => Ok(etag),
+        let etag = match store.put(&key, body.into(), &opts).await {
+            Ok(etag) => etag,
             Err(crate::object_store::ObjectStoreError::PreconditionFailed { .. }) => {
-                Err(ManifestError::Claimed(self.generation))
+                return Err(ManifestError::Claimed(self.generation))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
+        };
+        if !conditional {
+            // HEAD then PUT is not a claim by itself: two writers can both find the key free.
+            // The manifest names its writer's instance; after the other writer's PUT has had
+            // time to land, the one whose identity is not there has lost.
+            tokio::time::sleep(CLAIM_SETTLE).await;
+            match Manifest::load(store, self.generation).await? {
+                Some(m) if m.writer.instance == self.writer.instance => {}
+                _ => return Err(ManifestError::Claimed(self.generation)),
+            }
         }
+        Ok(etag)
     }
 
     /// Rewrites the manifest (sealing it), guarded by the etag it was created with where the
@@ -112,11 +133,15 @@ impl Manifest {
 
     pub async fn load(store: &ObjectStore, generation: Generation) -> Result<Option<Manifest>, ManifestError> {
         let key = layout::manifest_key(generation);
-        let bytes = match store.get(&key).await {
+        // Read with a bound: one byte more than the largest manifest says it is too large.
+        let bytes = match store.get_range(&key, 0, MAX_MANIFEST_BYTES + 1).await {
             Ok(b) => b,
             Err(crate::object_store::ObjectStoreError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge { key, max: MAX_MANIFEST_BYTES });
+        }
         serde_json::from_slice(&bytes).map(Some).map_err(|source| ManifestError::Damaged { key, source })
     }
 }

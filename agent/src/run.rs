@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use proto::model::{DatabaseName, Generation, InstanceId, Position, Txid};
 
@@ -23,7 +23,7 @@ use crate::control::{
 use crate::health::{self, DbMetrics, Registry};
 use crate::layout;
 use crate::object_store::ObjectStore;
-use crate::replicate::{new_instance_id, state, DbReplicator, ReplicateOptions, StaleDatabase};
+use crate::replicate::{lock, new_instance_id, state, DbReplicator, ReplicateOptions, StaleDatabase};
 use crate::restore::{self, RestoreOptions, RestoreOutcome, Target};
 
 #[derive(Clone, Debug)]
@@ -59,6 +59,8 @@ pub struct Started {
     pub tasks: Vec<(String, JoinHandle<Result<()>>)>,
     pub commands: Option<JoinHandle<()>>,
     pub control: Option<Arc<Control>>,
+    /// Cancelled when the replication of any database ends with an error.
+    pub failed: CancellationToken,
 }
 
 /// Starts replication of every database (with a controller: after acquiring its lease;
@@ -80,6 +82,7 @@ pub async fn start_databases(
         None => None,
     };
     let commands = control.as_ref().map(|c| tokio::spawn(CommandStream { control: c.clone() }.run(stop.clone())));
+    let failed = CancellationToken::new();
     let mut out = Vec::new();
     for db in &cfg.databases {
         let store = Arc::new(
@@ -96,12 +99,33 @@ pub async fn start_databases(
                 let leased = Leased { control: control.clone(), name: name.clone(), metrics: metrics.clone() };
                 leased.start(db, cfg, store, stop, opts, &instance).await?
             }
-            _ => start_one(db, cfg, store, metrics, stop.child_token(), opts, &instance, None, None).await?,
+            _ => start_one(db, cfg, store, metrics.clone(), stop.child_token(), opts, &instance, None, None).await?,
         };
-        out.push((db.name.clone(), task));
+        out.push((db.name.clone(), watch_replication(task, metrics, failed.clone())));
     }
     registry.started.store(true, Ordering::Relaxed);
-    Ok(Started { tasks: out, commands, control })
+    Ok(Started { tasks: out, commands, control, failed })
+}
+
+/// Marks a database whose replication ended with an error (metrics, /readyz, reports) and
+/// cancels `failed`, which in run mode stops the app: it must not keep writing unreplicated.
+fn watch_replication(
+    task: JoinHandle<Result<()>>,
+    metrics: Arc<DbMetrics>,
+    failed: CancellationToken,
+) -> JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let res = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::Error::from(e).context("replication task")),
+        };
+        if let Err(e) = &res {
+            metrics.stopped.store(true, Ordering::Relaxed);
+            error!(db = %metrics.name, error = %format!("{e:#}"), "replication stopped");
+            failed.cancel();
+        }
+        res
+    })
 }
 
 /// One database under a lease (or in a fork of its own).
@@ -127,7 +151,8 @@ impl Leased {
         self.metrics.lease.set_state(LeaseState::Pending);
         // The controller never issues a number below what the replica already holds.
         let top = store.list("", Some("/")).await.with_context(|| format!("list replica {}", db.replica_url))?;
-        let min_generation = layout::generations(&top).last().map_or(Generation(1), |g| g.next());
+        let min_generation =
+            layout::generations(&top).last().map(|g| layout::next_generation(*g)).transpose()?.unwrap_or(Generation(1));
         let position = local_position(&db.path, &db.replica_url);
         let rollback_to = opts.rollback.as_ref().filter(|r| r.database == self.name).map(|r| r.point);
         let lease =
@@ -166,7 +191,7 @@ impl Leased {
         );
         let started = async {
             if let Some(head) = lease.head.filter(|h| db.path.exists() && !at_head(position, *h)) {
-                self.set_aside_behind_head(db, head, position, opts.stale_protection)?;
+                self.set_aside_behind_head(db, head, position, opts)?;
             }
             let generation = Some(lease.generation);
             start_one(db, cfg, store, self.metrics.clone(), db_stop, opts, instance, generation, rollback_to).await
@@ -222,11 +247,11 @@ impl Leased {
         db: &DbConfig,
         head: Position,
         local: Option<Position>,
-        stale_protection: bool,
+        opts: &StartOptions,
     ) -> Result<()> {
         let notes =
             local.map_or_else(|| "none".to_string(), |p| format!("generation {} txid {}", p.generation.0, p.txid.0));
-        if !stale_protection {
+        if !opts.stale_protection {
             bail!(
                 "database {} is not at the controller's head for {}/{} (generation {} txid {}; local notes: {notes}): \
                  restore it from the replica, move it aside, or drop --no-stale-protection to let the agent do that",
@@ -235,6 +260,17 @@ impl Leased {
                 self.name,
                 head.generation.0,
                 head.txid.0
+            );
+        }
+        if opts.mode != Mode::Run {
+            bail!(
+                "database {} is not at the controller's head for {}/{} (generation {} txid {}; local notes: {notes}); {}",
+                db.path.display(),
+                self.control.project(),
+                self.name,
+                head.generation.0,
+                head.txid.0,
+                sidecar_refusal(&db.path)
             );
         }
         let aside = move_aside(&db.path)?;
@@ -304,6 +340,9 @@ async fn start_one(
                         Ok(Err(e)) => e,
                         Err(e) => return Err(e.into()),
                     };
+                    if err.downcast_ref::<StaleDatabase>().is_some() && opts.stale_protection && opts.mode != Mode::Run {
+                        return Err(err.context(sidecar_refusal(&db.path)));
+                    }
                     if attempt == 0 && opts.stale_protection && err.downcast_ref::<StaleDatabase>().is_some() {
                         let aside = move_aside(&db.path)?;
                         warn!(db = %db.name, moved_to = %aside.display(), reason = %err,
@@ -343,6 +382,17 @@ async fn restore_latest(db: &DbConfig, store: Arc<ObjectStore>) -> Result<()> {
     Ok(())
 }
 
+/// Why a sidecar does not move a database aside: the app beside it may have the file open, and
+/// would keep writing to the renamed file while the agent restored another in its place.
+fn sidecar_refusal(db: &Path) -> String {
+    format!(
+        "in replicate mode the agent does not move {} aside while an app may have it open: stop the app, \
+         move the database and its -wal and -shm files aside (or delete them), and start again; run mode \
+         does this itself",
+        db.display()
+    )
+}
+
 /// Renames the database and its companions to `<db>.stale-<time>[-wal|-shm]`; never deletes.
 pub fn move_aside(db: &Path) -> Result<PathBuf> {
     move_aside_as(db, "stale")
@@ -364,17 +414,39 @@ fn move_aside_as(db: &Path, label: &str) -> Result<PathBuf> {
             std::fs::rename(&from, PathBuf::from(&to)).with_context(|| format!("move {} aside", from.display()))?;
         }
     }
-    let notes = state::dir_for(db);
-    if notes.exists() {
-        let _ = std::fs::remove_dir_all(&notes);
-    }
+    state::sync_dir(state::parent_dir(db))?;
+    clear_notes(db);
     Ok(base)
+}
+
+/// Deletes the agent's notes about `db` (they described the database just moved aside), all
+/// but the lock file: the lock this agent holds must stay where a second agent would look.
+fn clear_notes(db: &Path) {
+    let Ok(entries) = std::fs::read_dir(state::dir_for(db)) else { return };
+    for e in entries.flatten() {
+        if e.file_name() == lock::LOCK_FILE {
+            continue;
+        }
+        let p = e.path();
+        let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+}
+
+/// Takes the notes-directory lock of every database (see [`lock::lock`]): held by the caller
+/// for the agent's lifetime, before anything in the notes is read or deleted.
+pub fn lock_databases(cfg: &ReplicateConfig) -> Result<Vec<lock::NotesLock>> {
+    cfg.databases.iter().map(|db| lock::lock(&db.path)).collect()
 }
 
 /// Runs the app under replication; returns its exit code. A live rollback stops the app,
 /// restores the chosen point and runs it again, in the same process.
 pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
     let Some((program, args)) = cfg.app.split_first() else { bail!("no app to run: give it after --") };
+    let _locks = lock_databases(&cfg.replicate)?;
     let flush_budget = (cfg.grace / 3).min(Duration::from_secs(3));
     let app_budget = cfg.grace.saturating_sub(flush_budget);
     // With a controller the release comes out of the flush budget, so the grace still holds.
@@ -413,6 +485,16 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
                 break Err(e);
             }
         };
+        // Replication that ends with an error stops the app: it must not run unreplicated.
+        let failed = started.failed.clone();
+        let stop_app = app_stop.clone();
+        let watcher = tokio::spawn(async move {
+            failed.cancelled().await;
+            if !stop_app.is_cancelled() {
+                error!("replication stopped; stopping the app");
+                stop_app.cancel();
+            }
+        });
         let code = if app_stop.is_cancelled() {
             info!("stop requested before the app started; not starting it");
             0
@@ -426,10 +508,12 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> Result<i32> {
                 }
             }
         };
+        watcher.abort();
+        let replication_failed = started.failed.is_cancelled();
         info!(code, "app exited; shipping the final changes");
         stop.cancel();
         let control = started.control.clone();
-        let failed = finish(started).await;
+        let failed = finish(started).await || replication_failed;
         let asked = control.map(|c| c.handoffs.rollbacks()).unwrap_or_default();
         let Some(r) = asked.into_iter().next().filter(|_| !cancel.is_cancelled() && !failed) else {
             break Ok(if failed && code == 0 { 1 } else { code });
@@ -504,6 +588,7 @@ async fn restore_point(cfg: &ReplicateConfig, r: &Rollback) -> Result<()> {
     // Never over a file that appeared at the path meanwhile.
     restore::rename_noreplace(&staged, &db.path)
         .with_context(|| format!("move restored database to {}", db.path.display()))?;
+    state::sync_dir(state::parent_dir(&db.path))?;
     state::save(
         &db.path,
         &state::LocalState {

@@ -15,6 +15,7 @@ mod lifecycle;
 mod logs;
 mod persistence;
 mod point_in_time;
+mod safety_agent;
 mod safety_restore;
 mod security_controller;
 mod transport;

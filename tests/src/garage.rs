@@ -72,7 +72,17 @@ impl Garage {
 
     /// AWS variables pointing at this server.
     pub fn env(&self) -> Vec<(String, String)> {
-        crate::s3::aws_env(&format!("http://127.0.0.1:{}", self.port), ACCESS_KEY, SECRET_KEY)
+        self.env_for(&format!("http://127.0.0.1:{}", self.port))
+    }
+
+    /// The S3 API's address (to put a [`crate::Proxy`] in front).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// AWS variables pointing at `endpoint` (e.g. a proxy in front) with this server's keys.
+    pub fn env_for(&self, endpoint: &str) -> Vec<(String, String)> {
+        crate::s3::aws_env(endpoint, ACCESS_KEY, SECRET_KEY)
     }
 }
 

@@ -168,6 +168,8 @@ pub fn report(m: &DbMetrics) -> proto::v1::Report {
     let state = match m.lease.state() {
         LeaseState::Fenced => "fenced",
         LeaseState::Unconfirmed => "unconfirmed",
+        _ if m.stopped.load(Ordering::Relaxed) => "replication_stopped",
+        _ if m.capture_failing.load(Ordering::Relaxed) => "capture_failing",
         _ if blocked => "upload_blocked",
         _ if lag > LAGGING_AFTER.as_secs_f64() => "lagging",
         _ => "ok",

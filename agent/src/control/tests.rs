@@ -388,7 +388,13 @@ async fn a_database_off_the_head_is_moved_aside_and_restored() {
     // The controller knows a newer head than these notes (another instance wrote since).
     let head = f.lock().releases[0].sealed.expect("sealed");
     f.lock().head = Some(proto::v1::Position { generation: head.generation + 5, txid: head.txid + 3 });
-    let (registry, stop, started) = start(&cfg, super::Mode::Replicate).await;
+    // A sidecar refuses (the app beside it may have the file open) and moves nothing.
+    let (_, _, refused) = start(&cfg, super::Mode::Replicate).await;
+    let msg = format!("{:#}", refused.err().expect("a sidecar refuses a database off the head"));
+    assert!(msg.contains("not at the controller's head") && msg.contains("does not move"), "{msg}");
+    assert!(!stale_files(&e.db), "a sidecar moved the database aside");
+    // Run mode (its app not started yet) moves it aside and restores.
+    let (registry, stop, started) = start(&cfg, super::Mode::Run).await;
     let started = started.expect("second start");
     assert!(stale_files(&e.db), "moved aside");
     assert!(e.db.exists(), "restored");

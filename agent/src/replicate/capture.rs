@@ -115,6 +115,9 @@ pub struct Capture {
     expected_restart: Expect,
     /// WAL bytes captured since our last checkpoint.
     pub since_checkpoint: u64,
+    /// A transaction a checkpoint captured under the write lock, until the caller takes it
+    /// (it is kept even when the checkpoint itself fails afterwards).
+    tail: Option<Captured>,
 }
 
 fn open(db: &Path) -> Result<Connection> {
@@ -159,6 +162,7 @@ impl Capture {
             sums: PageSums::new(page_size),
             expected_restart: Expect::Nothing,
             since_checkpoint: 0,
+            tail: None,
         };
         c.repin()?;
         c.hold_checkpoints()?;
@@ -238,7 +242,16 @@ impl Capture {
     /// every page in order when given (to write a full LTX file).
     fn scan_into(&mut self, page: Option<&mut PageSink<'_>>) -> Result<Scan> {
         let state = self.committed_state()?;
-        self.scan_state(state, page)
+        let read = self.scan_state(state, page)?;
+        Ok(self.commit_read(read))
+    }
+
+    /// Takes a full read as the new state: its page checksums, cursor and expected restart.
+    fn commit_read(&mut self, read: FullRead) -> Scan {
+        self.sums = read.sums;
+        self.cursor = read.scan.cursor;
+        self.expected_restart = read.expected_restart;
+        read.scan
     }
 
     /// The log and its committed range as of now. Frames already committed never change while
@@ -258,7 +271,9 @@ impl Capture {
         Ok(LogState { wal, range, commit })
     }
 
-    fn scan_state(&mut self, state: LogState, mut page: Option<&mut PageSink<'_>>) -> Result<Scan> {
+    /// Reads every page of the database as `state` describes it. Changes nothing in `self`:
+    /// the caller takes the result with `commit_read` once everything that depends on it worked.
+    fn scan_state(&self, state: LogState, mut page: Option<&mut PageSink<'_>>) -> Result<FullRead> {
         let LogState { wal, range, commit } = state;
         let db = &self.db_file;
         let mut sums = PageSums::new(self.page_size);
@@ -278,18 +293,18 @@ impl Capture {
                 p(pgno, &buf)?;
             }
         }
-        self.sums = sums;
-        self.cursor = match (&range, &wal) {
+        let cursor = match (&range, &wal) {
             (Some(r), Some((_, h))) => Some(r.end.unwrap_or_else(|| WalCursor::start(h))),
             _ => None,
         };
         // We hold the pin and have read the log to its end, so a single restart of it from
         // here on loses nothing (see the module docs).
-        self.expected_restart = match (&wal, self.cursor) {
+        let expected_restart = match (&wal, cursor) {
             (Some((_, h)), Some(_)) => Expect::Restart { salt1: h.salt1 },
             _ => Expect::Any,
         };
-        Ok(Scan { page_size: self.page_size, commit, checksum: self.sums.checksum(), cursor: self.cursor })
+        let scan = Scan { page_size: self.page_size, commit, checksum: sums.checksum(), cursor };
+        Ok(FullRead { scan, sums, expected_restart })
     }
 
     /// Reads the current state without producing a file: used at start to compare the local
@@ -359,20 +374,28 @@ impl Capture {
                 }
             }
         };
-        let scan = match (scan, err) {
+        let read = match (scan, err) {
             (Some(s), None) => s,
-            (_, Some(e)) => return Err(e).context("write full database"),
+            (_, Some(e)) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e).context("write full database");
+            }
             (None, None) => bail!("write full database"),
         };
-        if scan.commit != header.commit {
-            bail!("database size changed while it was being read ({} → {} pages)", header.commit, scan.commit);
+        if read.scan.commit != header.commit {
+            let _ = std::fs::remove_file(&path);
+            bail!("database size changed while it was being read ({} → {} pages)", header.commit, read.scan.commit);
         }
-        let (w, _trailer) = enc.finish(0).context("finish ltx file")?;
-        let file = w.into_inner().map_err(|e| e.into_error()).context("flush ltx file")?;
-        file.sync_all()?;
-        let size = file.metadata()?.len();
         let final_path = self.staging.join(format!("{min}-{max}.ltx"));
-        std::fs::rename(&path, &final_path)?;
+        let size = match finish_file(enc, &path, &final_path) {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        // Only now does the file exist: the page checksums and the cursor move with it.
+        let scan = self.commit_read(read);
         Ok(Captured {
             txid,
             path: final_path,
@@ -388,6 +411,10 @@ impl Capture {
     /// Turns newly committed WAL frames into the next transaction. `Ok(None)` when there is
     /// nothing new. Returns `Err(Lost(reason))` through `Outcome` when continuity was lost.
     pub fn capture(&mut self) -> Result<Outcome> {
+        if !self.pinned {
+            // An earlier checkpoint failed between letting the pin go and taking it again.
+            self.repin()?;
+        }
         let Some(cursor) = self.cursor else {
             // No log was known: whatever is in the WAL now is new.
             return match self.wal()? {
@@ -455,24 +482,33 @@ impl Capture {
             return Ok(Outcome::Lost("first transaction of a new database".into()));
         }
         let tmp = self.staging.join(format!("{txid}.ltx.tmp"));
-        let out = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-        let mut enc = Encoder::new(BufWriter::new(out), header_ltx).context("start ltx file")?;
-        let mut buf = vec![0u8; self.page_size as usize];
-        let mut sums = std::mem::replace(&mut self.sums, PageSums::new(self.page_size));
-        for (&pgno, &off) in range.pages.range(..=range.commit) {
-            wal::read_frame_page(&file, off, &mut buf)?;
-            enc.encode_page(pgno, &buf)?;
-            sums.set(pgno, ltx::checksum_page(pgno, &buf));
-        }
-        sums.truncate(range.commit);
-        let post = sums.checksum();
-        let (w, _) = enc.finish(0).context("finish ltx file")?;
-        let f = w.into_inner().map_err(|e| e.into_error()).context("flush ltx file")?;
-        f.sync_all()?;
-        let size = f.metadata()?.len();
         let path = self.staging.join(format!("{txid}.ltx"));
-        std::fs::rename(&tmp, &path)?;
-        self.sums = sums;
+        // The page checksums change only once the file is in place: a capture that fails
+        // (a full disk) leaves every field as it was, and the next one starts over from the
+        // same cursor.
+        let mut changed = Vec::with_capacity(range.pages.len());
+        let written = File::create(&tmp).with_context(|| format!("create {}", tmp.display())).and_then(|out| {
+            let mut enc = Encoder::new(BufWriter::new(out), header_ltx).context("start ltx file")?;
+            let mut buf = vec![0u8; self.page_size as usize];
+            for (&pgno, &off) in range.pages.range(..=range.commit) {
+                wal::read_frame_page(&file, off, &mut buf)?;
+                enc.encode_page(pgno, &buf)?;
+                changed.push((pgno, ltx::checksum_page(pgno, &buf)));
+            }
+            finish_file(enc, &tmp, &path)
+        });
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("capture transaction {txid}"));
+            }
+        };
+        for (pgno, sum) in changed {
+            self.sums.set(pgno, sum);
+        }
+        self.sums.truncate(range.commit);
+        let post = self.sums.checksum();
         self.txid = txid;
         self.cursor = Some(end);
         self.expected_restart = Expect::Restart { salt1: header.salt1 };
@@ -509,7 +545,7 @@ impl Capture {
     /// Returns whether the checkpoint ran, and the tail's transaction if one was captured.
     /// Nothing more happens when the write lock does not come free within `LOCK_RETRY`
     /// or the tail is larger: the caller tries again after the next capture.
-    pub fn checkpoint(&mut self) -> Result<(bool, Option<Captured>)> {
+    pub fn checkpoint(&mut self) -> Result<bool> {
         // Copy what the pin allows first, without the write lock (the app keeps writing
         // meanwhile): under the lock only what arrived since is left to copy.
         self.advance_pin()?;
@@ -521,16 +557,22 @@ impl Capture {
             Ok(())
         })?;
         if !self.take_write_lock()? {
-            return Ok((false, None));
+            return Ok(false);
         }
         let result = self.own_checkpoint(|c| c.checkpoint_locked());
         // Read while the write lock still holds the log: whether the pin now has read-mark 0.
         let copied_all = matches!(self.wal_index(), Ok(Some(i)) if i.backfilled == i.max_frame);
         let _ = self.writer.execute_batch("ROLLBACK");
-        if matches!(result, Ok((true, _))) && copied_all {
+        if matches!(result, Ok(true)) && copied_all {
             self.leave_mark_zero()?;
         }
         result
+    }
+
+    /// The transaction the last checkpoint captured, if any: taken after every checkpoint,
+    /// whether it succeeded or not, so that a captured transaction is never lost.
+    pub fn take_tail(&mut self) -> Option<Captured> {
+        self.tail.take()
     }
 
     /// Takes SQLite's checkpoint lock on the `-shm` file (an open-file-description lock, so it
@@ -600,28 +642,27 @@ impl Capture {
         taken
     }
 
-    fn checkpoint_locked(&mut self) -> Result<(bool, Option<Captured>)> {
-        let Some(cursor) = self.cursor else { return Ok((false, None)) };
-        let Some((file, header)) = self.wal()? else { return Ok((false, None)) };
+    fn checkpoint_locked(&mut self) -> Result<bool> {
+        let Some(cursor) = self.cursor else { return Ok(false) };
+        let Some((file, header)) = self.wal()? else { return Ok(false) };
         if header.salt1 != cursor.salt1 || header.salt2 != cursor.salt2 {
-            return Ok((false, None));
+            return Ok(false);
         }
-        let mut tail = None;
         let pending = wal::committed_bytes_estimate(&file, &header, cursor).context("read wal")?;
         if pending > CHECKPOINT_TAIL_BYTES {
-            return Ok((false, None));
+            return Ok(false);
         }
         if pending > 0 {
             // A tail this small is one transaction; continuity problems are left to the next
             // regular capture.
             match self.capture()? {
-                Outcome::Captured(c) => tail = Some(c),
-                Outcome::Idle | Outcome::Lost(_) => return Ok((false, None)),
+                Outcome::Captured(c) => self.tail = Some(c),
+                Outcome::Idle | Outcome::Lost(_) => return Ok(false),
             }
         }
-        let Some(cursor) = self.cursor else { return Ok((false, tail)) };
+        let Some(cursor) = self.cursor else { return Ok(false) };
         if !wal::read_committed(&file, &header, cursor, 1)?.is_empty() {
-            return Ok((false, tail));
+            return Ok(false);
         }
         self.pin.execute_batch("COMMIT").context("end read transaction")?;
         self.pinned = false;
@@ -643,8 +684,26 @@ impl Capture {
         if busy == 0 && log >= 0 && log == done {
             self.expected_restart = Expect::Restart { salt1: header.salt1 };
         }
-        Ok((true, tail))
+        Ok(true)
     }
+}
+
+/// Finishes an LTX file being written to `tmp`, makes it durable and renames it to `path`;
+/// returns its size.
+fn finish_file(enc: Encoder<BufWriter<File>>, tmp: &Path, path: &Path) -> Result<u64> {
+    let (w, _) = enc.finish(0).context("finish ltx file")?;
+    let f = w.into_inner().map_err(|e| e.into_error()).context("flush ltx file")?;
+    f.sync_all().with_context(|| format!("sync {}", tmp.display()))?;
+    let size = f.metadata()?.len();
+    std::fs::rename(tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    Ok(size)
+}
+
+/// A full read of the database, not yet taken as the capture's state.
+struct FullRead {
+    scan: Scan,
+    sums: PageSums,
+    expected_restart: Expect,
 }
 
 /// A restart of the WAL that loses nothing, because everything before it was captured and
@@ -740,3 +799,7 @@ fn db_header_page_count(db: &File, page_size: u32) -> Result<u32> {
         Ok(by_size)
     }
 }
+
+#[cfg(test)]
+#[path = "capture_tests.rs"]
+mod tests;

@@ -3,7 +3,10 @@
 
 pub mod capture;
 pub mod compact;
+pub mod lock;
 pub mod state;
+pub mod upload;
+mod watch;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -21,9 +24,10 @@ use tracing::{info, warn};
 use crate::health::DbMetrics;
 use crate::layout;
 use crate::manifest::{self, Manifest, Parent, Position, Writer};
-use crate::object_store::{ObjectStore, ObjectStoreError, PutCondition, PutOptions};
+use crate::object_store::{ObjectStore, PutCondition, PutOptions};
 use crate::restore;
 use capture::{Capture, Captured, Outcome};
+use watch::{wal_stat, WalWatcher};
 
 #[derive(Clone, Debug)]
 pub struct ReplicateOptions {
@@ -134,6 +138,9 @@ struct Session {
     spool: VecDeque<Captured>,
     durable: Txid,
     durable_checksum: u64,
+    /// The spool was dropped behind this transaction: the whole database is owed as the next
+    /// one before anything else is captured.
+    full_after: Option<Txid>,
 }
 
 impl DbReplicator {
@@ -159,6 +166,9 @@ impl DbReplicator {
         let mut snapshotted: Option<Txid> = None;
         let mut last_wal_stat = wal_stat(&self.db_path);
         let mut backoff = Duration::from_millis(200);
+        let mut capture_backoff = Duration::from_millis(200);
+        // Set after a failed capture: how long to wait before trying again.
+        let mut capture_retry: Option<Duration> = None;
         loop {
             let idle = session.spool.is_empty();
             // A snapshot owed for the last durable transaction is taken even if no commit
@@ -167,14 +177,23 @@ impl DbReplicator {
                 && session.durable > Txid::ZERO
                 && snapshotted != Some(session.durable)
                 && last_snapshot.elapsed() >= self.opts.snapshot_interval;
-            watcher.resume();
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = rx.recv() => watcher.pause(),
-                _ = tokio::time::sleep(if idle { Duration::from_secs(1) } else { backoff }) => {
-                    let now = wal_stat(&self.db_path);
-                    if idle && now == last_wal_stat && !snapshot_owed {
-                        continue;
+            if let Some(wait) = capture_retry.take() {
+                // A failed capture is tried again after its backoff, whether the log changed or
+                // not (a commit waits in it).
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            } else {
+                watcher.resume();
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = rx.recv() => watcher.pause(),
+                    _ = tokio::time::sleep(if idle { Duration::from_secs(1) } else { backoff }) => {
+                        let now = wal_stat(&self.db_path);
+                        if idle && now == last_wal_stat && !snapshot_owed {
+                            continue;
+                        }
                     }
                 }
             }
@@ -200,30 +219,25 @@ impl DbReplicator {
             // does not stretch it (and the lag with it).
             let tick = Instant::now();
             let started = crate::replicate::capture::now_ms();
-            self.capture_all(&cap, &mut session, false).await?;
-            self.metrics.captured_at_ms.store(started, Ordering::Relaxed);
-            // Checkpoint right after the capture, while few commits can have landed since (the
-            // captured files are already fsynced on local disk), so that under steady writes the
-            // tail to capture under the write lock stays small and the log does not only grow.
-            let since = blocking(&cap, |c| Ok(c.since_checkpoint)).await?;
-            let due = since >= self.opts.checkpoint_bytes
-                || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
-            let checkpointed = if due {
-                let (done, tail) = blocking(&cap, |c| c.checkpoint()).await?;
-                if let Some(c) = tail {
-                    self.captured(&mut session, c);
+            // A capture or checkpoint that fails (a full or failing disk under the notes
+            // directory) changed nothing: it is tried again with backoff, like an upload, while
+            // the metrics, /readyz and the reports to the controller say so.
+            match self.sync_local(&cap, &mut session, &mut last_checkpoint).await {
+                Ok(()) => {
+                    self.metrics.captured_at_ms.store(started, Ordering::Relaxed);
+                    if self.metrics.capture_failing.swap(false, Ordering::Relaxed) {
+                        info!(db = %self.metrics.name, "capture works again");
+                    }
+                    capture_backoff = Duration::from_millis(200);
                 }
-                done
-            } else {
-                false
-            };
-            if checkpointed {
-                self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-                last_checkpoint = Instant::now();
-            } else {
-                // Let the app's own checkpoints copy the log up to its end (see
-                // Capture::advance_pin).
-                blocking(&cap, |c| c.advance_pin()).await?;
+                Err(e) => {
+                    self.metrics.capture_errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.capture_failing.store(true, Ordering::Relaxed);
+                    warn!(error = %format!("{e:#}"), db = %self.metrics.name, retry_in = ?capture_backoff,
+                        "capture failed; will retry");
+                    capture_retry = Some(capture_backoff);
+                    capture_backoff = (capture_backoff * 2).min(Duration::from_secs(30));
+                }
             }
             if !session.spool.is_empty() {
                 let uploaded = self.upload_spool(&mut session).await;
@@ -289,11 +303,48 @@ impl DbReplicator {
         sealed
     }
 
+    /// Captures what was committed and checkpoints when one is due. On an error nothing that
+    /// was captured is lost: the transactions captured so far are in the spool.
+    async fn sync_local(&self, cap: &Shared, session: &mut Session, last_checkpoint: &mut Instant) -> Result<()> {
+        self.capture_all(cap, session, false).await?;
+        // Checkpoint right after the capture, while few commits can have landed since (the
+        // captured files are already fsynced on local disk), so that under steady writes the
+        // tail to capture under the write lock stays small and the log does not only grow.
+        let since = blocking(cap, |c| Ok(c.since_checkpoint)).await?;
+        let due = since >= self.opts.checkpoint_bytes
+            || (since > 0 && last_checkpoint.elapsed() >= self.opts.checkpoint_interval);
+        let checkpointed = if due {
+            let (done, tail) = blocking(cap, |c| {
+                let done = c.checkpoint();
+                Ok((done, c.take_tail()))
+            })
+            .await?;
+            if let Some(c) = tail {
+                self.captured(session, c);
+            }
+            done?
+        } else {
+            false
+        };
+        if checkpointed {
+            self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+            *last_checkpoint = Instant::now();
+        } else {
+            // Let the app's own checkpoints copy the log up to its end (see
+            // Capture::advance_pin).
+            blocking(cap, |c| c.advance_pin()).await?;
+        }
+        Ok(())
+    }
+
     /// Final flush and seal, bounded by the shutdown timeout.
     async fn shutdown(&self, cap: &Shared, session: &mut Session) -> Result<()> {
         let deadline = self.opts.shutdown_timeout;
         let flush = async {
-            self.capture_all(cap, session, true).await?;
+            while let Err(e) = self.capture_all(cap, session, true).await {
+                warn!(error = %format!("{e:#}"), "final capture failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             while !session.spool.is_empty() {
                 if let Err(e) = self.upload_spool(session).await {
                     warn!(error = %format!("{e:#}"), "final upload failed; retrying");
@@ -318,22 +369,29 @@ impl DbReplicator {
 
     async fn capture_all(&self, cap: &Shared, session: &mut Session, drain: bool) -> Result<()> {
         let spooled: u64 = session.spool.iter().map(|c| c.size).sum();
-        if spooled > self.opts.spool_budget && session.spool.len() > 1 {
-            // Storage has been away too long: drop the spool and ship the whole database as
-            // the transaction after the last durable one, so the history keeps no gap.
+        // Only the front of the spool can have been sent (uploads go in order and stop at the
+        // first failure): it may have landed with its answer lost, so it is kept and its TXID
+        // is never given to other content. Everything behind it was never sent.
+        if spooled > self.opts.spool_budget && session.spool.iter().skip(1).any(|c| !c.full) {
+            // Storage has been away too long: drop the spool behind its front and ship the
+            // whole database as the transaction after that, so the history keeps no gap.
             warn!(db = %self.metrics.name, spooled, budget = self.opts.spool_budget,
                 "upload spool over budget; dropping it and shipping the whole database when storage returns");
-            for c in session.spool.drain(..) {
+            for c in session.spool.drain(1..) {
                 let _ = std::fs::remove_file(&c.path);
             }
-            let durable = session.durable;
+            session.full_after = Some(session.spool.front().map_or(session.durable, |c| c.txid));
+        }
+        if let Some(after) = session.full_after {
+            // Owed until it is written: a capture that failed leaves it owed, and nothing
+            // is captured from the log before it.
             let c = blocking(cap, move |c| {
-                c.txid = durable;
-                c.capture_full(durable.next())
+                c.txid = after;
+                c.capture_full(after.next())
             })
             .await?;
+            session.full_after = None;
             self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
-            self.metrics.oldest_pending_ms.store(0, Ordering::Relaxed);
             self.captured(session, c);
             if !drain {
                 return self.refresh_pending(cap, session).await;
@@ -398,15 +456,11 @@ impl DbReplicator {
                 condition: if session.conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
                 timestamp: Some(ts),
             };
-            match self.store.put_file(&key, &c.path, &opts).await {
-                Ok(_) => {}
-                // Already there from an attempt whose answer was lost: the same bytes.
-                Err(ObjectStoreError::PreconditionFailed { .. }) => {}
-                Err(e) => {
-                    self.metrics.upload_errors.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.upload_blocked.store(true, Ordering::Relaxed);
-                    return Err(anyhow::Error::from(e).context(format!("upload {key}")));
-                }
+            // Already there from an attempt whose answer was lost counts only if it is this file.
+            if let Err(e) = upload::put_once(&self.store, &key, &c.path, &opts, upload::Same::Bytes).await {
+                self.metrics.upload_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.upload_blocked.store(true, Ordering::Relaxed);
+                return Err(e);
             }
             self.metrics.upload_blocked.store(false, Ordering::Relaxed);
             self.metrics.uploads.fetch_add(1, Ordering::Relaxed);
@@ -461,12 +515,11 @@ impl DbReplicator {
             condition: if session.conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
             timestamp: Utc.timestamp_millis_opt(c.timestamp_ms).single(),
         };
-        let put = self.store.put_file(&key, &c.path, &opts).await;
+        // A snapshot of this transaction written before (its answer lost) differs only in its
+        // timestamp: the same size is the check.
+        let put = upload::put_once(&self.store, &key, &c.path, &opts, upload::Same::Size).await;
         let _ = std::fs::remove_file(&c.path);
-        match put {
-            Ok(_) | Err(ObjectStoreError::PreconditionFailed { .. }) => {}
-            Err(e) => return Err(anyhow::Error::from(e).context(format!("upload {key}"))),
-        }
+        put?;
         self.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
         info!(db = %self.metrics.name, txid = %durable, bytes = c.size, "wrote snapshot");
         Ok(true)
@@ -497,10 +550,8 @@ impl DbReplicator {
                 condition: if conditional { PutCondition::IfNoneMatch } else { PutCondition::None },
                 timestamp: Utc.timestamp_millis_opt(header.timestamp_ms).single(),
             };
-            match store.put_file(&key, &upload, &opts).await {
-                Ok(_) | Err(ObjectStoreError::PreconditionFailed { .. }) => Ok(()),
-                Err(e) => Err(anyhow::Error::from(e).context(format!("upload {key}"))),
-            }
+            // The merge of the same inputs is the same file.
+            upload::put_once(&store, &key, &upload, &opts, upload::Same::Bytes).await
         });
         Some(Compaction { level, inputs, out, task })
     }
@@ -578,7 +629,7 @@ impl DbReplicator {
             }
         };
         let generation = match (self.opts.generation, gens.last()) {
-            (None, last) => last.map(|g| g.next()).unwrap_or(Generation(1)),
+            (None, last) => last.map(|g| layout::next_generation(*g)).transpose()?.unwrap_or(Generation(1)),
             // Never write into a generation that exists: its keys belong to another writer.
             (Some(g), Some(last)) if g <= *last => bail!(
                 "the controller issued generation {g} for {} but the replica already has generation {last}: \
@@ -671,6 +722,7 @@ impl DbReplicator {
             spool: VecDeque::new(),
             durable: Txid::ZERO,
             durable_checksum: 0,
+            full_after: None,
         };
         match &latest {
             None => {
@@ -734,73 +786,6 @@ impl DbReplicator {
         }
         info!(files = plan.len(), %parent, %to, "copied base from parent generation");
         Ok(())
-    }
-}
-
-fn wal_stat(db: &Path) -> Option<(u64, std::time::SystemTime)> {
-    let mut s = db.as_os_str().to_owned();
-    s.push("-wal");
-    let m = std::fs::metadata(PathBuf::from(s)).ok()?;
-    Some((m.len(), m.modified().ok()?))
-}
-
-/// Wakes the loop when the WAL changes (inotify); the loop also polls once a second.
-///
-/// The watch is paused from the first event until the loop is ready for the next one: under
-/// steady writes every commit would otherwise wake the agent, and on a small machine those
-/// wake-ups are taken from the app.
-/// Wakes the loop when the WAL changes. It watches the `-wal` file itself when it exists and
-/// the directory (for its creation) only when it does not: a directory watch would also deliver
-/// every write of every other file there (another database's log beside this one costs a
-/// wake-up in the watcher per commit).
-struct WalWatcher {
-    inner: Option<notify::RecommendedWatcher>,
-    wal: PathBuf,
-    dir: PathBuf,
-    /// What is watched now: the `-wal` file or the directory.
-    watching: Option<PathBuf>,
-}
-
-impl WalWatcher {
-    fn new(db: &Path, tx: mpsc::Sender<()>) -> WalWatcher {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = PathBuf::from(wal);
-        let dir = db.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        let name = wal.file_name().map(|n| n.to_owned());
-        let inner = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
-                if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-                    let _ = tx.try_send(());
-                }
-            }
-        })
-        .map_err(|e| warn!(error = %e, "no file watcher; polling once a second"))
-        .ok();
-        WalWatcher { inner, wal, dir, watching: None }
-    }
-
-    fn resume(&mut self) {
-        use notify::Watcher;
-        let Some(w) = self.inner.as_mut() else { return };
-        // The log may have been deleted (and recreated) since the last look: re-aim.
-        let target = if self.wal.exists() { &self.wal } else { &self.dir };
-        if self.watching.as_ref() == Some(target) {
-            return;
-        }
-        if let Some(old) = self.watching.take() {
-            let _ = w.unwatch(&old);
-        }
-        if w.watch(target, notify::RecursiveMode::NonRecursive).is_ok() {
-            self.watching = Some(target.clone());
-        }
-    }
-
-    fn pause(&mut self) {
-        use notify::Watcher;
-        if let (Some(old), Some(w)) = (self.watching.take(), self.inner.as_mut()) {
-            let _ = w.unwatch(&old);
-        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! generation it last shipped to, the position it reached, and where in the WAL that was.
 //! They let a restarted agent prove that the database beside it is the one it replicated,
 //! even when the app kept writing while the agent was down. Written after every upload,
-//! atomically (temp file, fsync, rename).
+//! atomically (temp file, fsync, rename, fsync of the directory: until the directory is
+//! synced, a power loss can bring back the old notes or none at all).
 
 use std::path::{Path, PathBuf};
 
@@ -54,5 +55,19 @@ pub fn save(db: &Path, state: &LocalState) -> Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
-    Ok(())
+    sync_dir(&dir_for(db))
+}
+
+/// Makes the renames and creations inside `dir` durable (fsync of the directory itself).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("sync directory {}", dir.display()))
+}
+
+/// The directory a file is in (`.` for a bare name), to sync after renaming the file.
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }

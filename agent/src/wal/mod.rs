@@ -161,7 +161,8 @@ pub fn read_committed(
     let mut checksum = cursor.checksum;
     let mut offset = cursor.offset;
     let mut frame = vec![0u8; frame_size as usize];
-    while offset + frame_size <= file_len {
+    // Checked: a cursor comes from the notes on disk, not only from this reader.
+    while offset.checked_add(frame_size).is_some_and(|end| end <= file_len) {
         match file.read_exact_at(&mut frame, offset) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
@@ -206,7 +207,8 @@ pub fn committed_bytes_estimate(file: &File, header: &WalHeader, cursor: WalCurs
     let file_len = file.metadata()?.len();
     let (mut offset, mut committed) = (cursor.offset, cursor.offset);
     let mut fh = [0u8; FRAME_HEADER_SIZE as usize];
-    while offset + frame_size <= file_len {
+    // Checked: a cursor comes from the notes on disk, not only from this reader.
+    while offset.checked_add(frame_size).is_some_and(|end| end <= file_len) {
         file.read_exact_at(&mut fh, offset)?;
         if be32(&fh[8..12]) != cursor.salt1 || be32(&fh[12..16]) != cursor.salt2 {
             break;
