@@ -79,6 +79,7 @@ pub async fn serve(args: ServeArgs, cancel: CancellationToken) -> Result<()> {
             async move { m.render() }
         }),
     );
+    let app = app.merge(crate::http::router(&leases, &inventory, &auth, &metrics, &args));
     let c = cancel.clone();
     tracker.spawn(async move {
         let _ = axum::serve(http, app).with_graceful_shutdown(c.cancelled_owned()).await;
