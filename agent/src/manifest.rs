@@ -21,6 +21,12 @@ pub const MAX_MANIFEST_BYTES: u64 = 64 << 10;
 /// its own manifest by then, and one of the two sees the other's identity.
 const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
 
+/// The same read-back where the store honours conditional writes: a store may honour them one
+/// request at a time without making them atomic (s3s-fs does), so two `If-None-Match` PUTs
+/// racing each other can both succeed. A racing PUT was already in flight when ours returned,
+/// so a short wait covers it.
+const CONDITIONAL_CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub txid: Txid,
@@ -105,15 +111,14 @@ impl Manifest {
             }
             Err(e) => return Err(e.into()),
         };
-        if !conditional {
-            // HEAD then PUT is not a claim by itself: two writers can both find the key free.
-            // The manifest names its writer's instance; after the other writer's PUT has had
-            // time to land, the one whose identity is not there has lost.
-            tokio::time::sleep(CLAIM_SETTLE).await;
-            match Manifest::load(store, self.generation).await? {
-                Some(m) if m.writer.instance == self.writer.instance => {}
-                _ => return Err(ManifestError::Claimed(self.generation)),
-            }
+        // HEAD then PUT is not a claim by itself (two writers can both find the key free), nor
+        // is a conditional PUT on a store whose conditions are not atomic. The manifest names
+        // its writer's instance; after the other writer's PUT has had time to land, the one
+        // whose identity is not there has lost.
+        tokio::time::sleep(if conditional { CONDITIONAL_CLAIM_SETTLE } else { CLAIM_SETTLE }).await;
+        match Manifest::load(store, self.generation).await? {
+            Some(m) if m.writer.instance == self.writer.instance => {}
+            _ => return Err(ManifestError::Claimed(self.generation)),
         }
         Ok(etag)
     }
