@@ -18,6 +18,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// An agent client of `project` (with `token`) that has registered `ids` (replicate mode).
+async fn registered(c: &Controller, token: &str, project: &str, ids: &[&str]) -> Result<AgentClient> {
+    let mut cl = agent_client(&c.url(), token)?;
+    for id in ids {
+        register(&mut cl, project, id, "replicate").await?;
+    }
+    Ok(cl)
+}
+
 fn acquire_req(project: &str, database: &str, id: &str, url: &str, min_generation: u64) -> v1::AcquireRequest {
     v1::AcquireRequest {
         project: project.into(),
@@ -89,8 +98,7 @@ fn agent_replica_urls_outside_the_project_roots_are_refused_recorded_and_never_r
     let malformed = ["s3://test/alpha/../beta/app", "s3://test/alpha%2F..%2Fbeta/app"];
     let rt = runtime()?;
     rt.block_on(async {
-        let mut cl = agent_client(&c.url(), &alpha)?;
-        register(&mut cl, "alpha", "i1", "replicate").await?;
+        let mut cl = registered(&c, &alpha, "alpha", &["i1"]).await?;
         for url in outside {
             let e = match acquire(&mut cl, "alpha", "app", "i1", url).await {
                 Ok(o) => bail!("acquire naming {url} was answered {o:?}; it must be refused"),
@@ -151,10 +159,7 @@ fn a_forked_or_pending_newcomer_does_not_replace_the_recorded_replica() -> Resul
     let alpha = c.create_project("alpha")?;
     let rt = runtime()?;
     rt.block_on(async {
-        let mut cl = agent_client(&c.url(), &alpha)?;
-        for id in ["holder", "forked", "waiting"] {
-            register(&mut cl, "alpha", id, "replicate").await?;
-        }
+        let mut cl = registered(&c, &alpha, "alpha", &["holder", "forked", "waiting"]).await?;
         granted(&mut cl, "alpha", "app", "holder", "s3://test/alpha/app").await?;
         match acquire(&mut cl, "alpha", "app", "forked", "s3://test/alpha/forked").await {
             Ok(acquire_response::Outcome::Forked(_)) => {}
@@ -187,8 +192,7 @@ fn replica_roots_are_set_by_admin_verbs_and_urls_outside_them_are_not_read() -> 
     let token = c.create_project_with_roots("gamma", &[])?;
     let rt = runtime()?;
     let e = rt.block_on(async {
-        let mut cl = agent_client(&c.url(), &token)?;
-        register(&mut cl, "gamma", "g1", "replicate").await?;
+        let mut cl = registered(&c, &token, "gamma", &["g1"]).await?;
         anyhow::Ok(acquire(&mut cl, "gamma", "app", "g1", "s3://test/gamma/app").await)
     })?;
     let e = e.expect_err("a project without roots accepts no replica URL");
@@ -268,8 +272,7 @@ fn calls_naming_another_projects_instance_are_refused_and_only_a_real_release_se
     let beta = c.create_project("beta")?;
     let rt = runtime()?;
     let g = rt.block_on(async {
-        let mut b = agent_client(&c.url(), &beta)?;
-        register(&mut b, "beta", "b1", "replicate").await?;
+        let mut b = registered(&c, &beta, "beta", &["b1"]).await?;
         granted(&mut b, "beta", "app", "b1", "").await
     })?;
     let report = v1::Report { local_txid: 999, durable_txid: 999, state: "hijacked".into(), ..Default::default() };
@@ -398,10 +401,7 @@ fn huge_numbers_and_sizes_from_an_agent_are_refused_and_never_wedge_a_database()
     let alpha = c.create_project("alpha")?;
     let rt = runtime()?;
     rt.block_on(async {
-        let mut a = agent_client(&c.url(), &alpha)?;
-        for id in ["a1", "a2", "a3"] {
-            register(&mut a, "alpha", id, "replicate").await?;
-        }
+        let mut a = registered(&c, &alpha, "alpha", &["a1", "a2", "a3"]).await?;
         for huge in [u64::MAX, i64::MAX as u64, (1 << 62) + 1] {
             let r = a.acquire(acquire_req("alpha", "app", "a1", "", huge)).await;
             let e = match r {
@@ -477,9 +477,7 @@ fn events_caused_by_a_projects_agents_are_capped_and_the_overflow_is_counted() -
         action: "delete".into(),
     };
     let g = rt.block_on(async {
-        let mut a = agent_client(&c.url(), &alpha)?;
-        register(&mut a, "alpha", "holder", "replicate").await?;
-        register(&mut a, "alpha", "stale", "replicate").await?;
+        let mut a = registered(&c, &alpha, "alpha", &["holder", "stale"]).await?;
         let g = granted(&mut a, "alpha", "app", "holder", "").await?;
         // 16 callers at once, CALLS in all.
         let mut callers = tokio::task::JoinSet::new();
@@ -497,9 +495,7 @@ fn events_caused_by_a_projects_agents_are_capped_and_the_overflow_is_counted() -
         while let Some(r) = callers.join_next().await {
             r??;
         }
-        let mut b = agent_client(&c.url(), &beta)?;
-        register(&mut b, "beta", "b-stale", "replicate").await?;
-        register(&mut b, "beta", "b-holder", "replicate").await?;
+        let mut b = registered(&c, &beta, "beta", &["b-stale", "b-holder"]).await?;
         let gb = granted(&mut b, "beta", "app", "b-holder", "").await?;
         assert!(!b.validate(validate("beta", "b-stale", gb)).await?.into_inner().current);
         anyhow::Ok(g)
