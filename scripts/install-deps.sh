@@ -7,6 +7,8 @@
 #                   ~14 min on 2 cores the first time)
 #   Ceph RGW        the realism tier (Debian radosgw, ceph-mon, ceph-osd; the .deb files are
 #                   kept in the cache so a reinstall needs no download)
+#   chromium        the dashboard's browser tests (Debian package; driven by playwright-core)
+#   playwright-core 1.65.1 (npm, into $CACHE/npm; no browser download)
 # and starts the local PostgreSQL cluster if it is installed but down.
 # Idempotent: a second run only checks versions (well under a second).
 set -euo pipefail
@@ -83,6 +85,43 @@ else
   fi
   ceph_ok || { log "error: ceph binaries missing after install"; exit 1; }
   log "ceph rgw: installed"
+fi
+
+# --- the browser tests: Debian's chromium + playwright-core (npm) ---------------------------
+# No browser download is reachable: playwright drives the Debian build through its
+# executablePath. Both checks are local, so a second run costs nothing.
+PLAYWRIGHT_VERSION=1.65.1
+if [ -x /usr/bin/chromium ]; then
+  log "chromium: installed ($(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'))"
+else
+  log "chromium: installing (apt, ~1 min; packages cached in $CACHE/apt)"
+  mkdir -p "$CACHE/apt/partial"
+  apt_opts=(-o "Dir::Cache::archives=$CACHE/apt" -y --no-install-recommends)
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install "${apt_opts[@]}" chromium </dev/null >"$CACHE/apt-chromium.log" 2>&1; then
+    apt-get update </dev/null >>"$CACHE/apt-chromium.log" 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install "${apt_opts[@]}" chromium </dev/null >>"$CACHE/apt-chromium.log" 2>&1 ||
+      { tail -n 20 "$CACHE/apt-chromium.log"; log "error: could not install chromium"; exit 1; }
+  fi
+  [ -x /usr/bin/chromium ] || { log "error: /usr/bin/chromium missing after install"; exit 1; }
+  log "chromium: installed"
+fi
+NPM_ROOT="$CACHE/npm"
+PW_PKG="$NPM_ROOT/node_modules/playwright-core/package.json"
+pw_ok() { [ -f "$PW_PKG" ] && grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$PW_PKG"; }
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  log "nodejs: installing (apt)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm </dev/null >"$CACHE/apt-node.log" 2>&1 ||
+    { tail -n 20 "$CACHE/apt-node.log"; log "error: could not install nodejs and npm"; exit 1; }
+fi
+if pw_ok; then
+  log "playwright-core $PLAYWRIGHT_VERSION: cached in $NPM_ROOT"
+else
+  log "playwright-core $PLAYWRIGHT_VERSION: installing into $NPM_ROOT (npm; no browser download)"
+  mkdir -p "$NPM_ROOT"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --silent --no-audit --no-fund --prefix "$NPM_ROOT" \
+    "playwright-core@$PLAYWRIGHT_VERSION" </dev/null
+  pw_ok || { log "error: playwright-core $PLAYWRIGHT_VERSION missing in $NPM_ROOT after npm install"; exit 1; }
+  log "playwright-core $PLAYWRIGHT_VERSION: installed"
 fi
 
 # --- python (the test apps use the stdlib sqlite3 module) ---------------------------------

@@ -36,6 +36,8 @@ pub const SCAN: &str = "scan";
 pub const DRILL: &str = "drill";
 pub const RETENTION: &str = "retention";
 pub const DRILL_SCHEDULE: &str = "drill_schedule";
+/// The newest drill that passed and matched the agent's checksum (the proof of persistence).
+pub const PROOF: &str = "proof";
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct DrillSchedule {
@@ -313,6 +315,15 @@ impl Inventory {
 
     fn store(&self) -> &Arc<dyn Store> {
         self.leases.store()
+    }
+
+    /// The client-side encryption key given for a database's drills (`serve --drill-keys`).
+    pub fn drill_key(
+        &self,
+        project: &ProjectName,
+        database: &DatabaseName,
+    ) -> Option<&agent::object_store::EncryptionKey> {
+        self.keys.get(&format!("{project}/{database}"))
     }
 
     /// Whether the watcher currently judges (project, database) stalled.
@@ -660,6 +671,9 @@ impl Inventory {
             .await;
         let row = NoteRow::json(project, database, DRILL, d.at, &d);
         self.store().put_note(&row).await?;
+        if d.ok && !d.expected_checksum.is_empty() {
+            self.store().put_note(&NoteRow::json(project, database, PROOF, d.at, &d)).await?;
+        }
         Ok(d)
     }
 }

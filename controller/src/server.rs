@@ -169,6 +169,7 @@ pub async fn serve(args: ServeArgs, cancel: CancellationToken) -> Result<()> {
             async move { m.render() }
         }),
     );
+    let app = app.merge(crate::http::router(&leases, &inventory, &auth, &metrics, &args));
     let c = cancel.clone();
     match https {
         Some(config) => {

@@ -2,6 +2,7 @@
 //! Run them with `scripts/test.sh` (installs tools, builds the binaries, runs nextest).
 
 mod ceph;
+mod dashboard;
 mod encryption;
 mod errors;
 mod fencing;

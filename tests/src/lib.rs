@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod apps;
 pub mod bins;
+pub mod browser;
 pub mod ceph;
 pub mod controller;
 pub mod garage;
