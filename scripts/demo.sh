@@ -193,9 +193,18 @@ after=$(wf generations shop/orders --json | json 'd[-1]["generation"]')
 say "step 3: a second shop/orders instance was caught (duplicate_instance), the first handed over and exited; generation $before -> $after"
 
 # --- 4. a restore drill ----------------------------------------------------------------------
+# The drill compares the restored database with the checksum its holder reported: wait for the
+# restored instance's first report of a durable transaction.
+holder_reported() {
+  wf instances --project "$1" --json \
+    | json "any(i['database'] == '$2' and i['role'] == 'holder' and i['durable_txid'] > 0 for i in d) or sys.exit(1)"
+}
+wait_for 60 "the shop/app holder's report of a durable transaction" holder_reported shop app
 wf scan >/dev/null || die "walfleet scan"
 drill=$(wf drill shop/app --json) || die "the drill of shop/app failed: $drill"
 echo "$drill" | json 'd["ok"] or sys.exit(1)' >/dev/null || die "the drill of shop/app did not pass: $drill"
+echo "$drill" | json '"checksum matches" in d["message"] or sys.exit(1)' >/dev/null \
+  || die "the drill of shop/app did not compare the agent's checksum: $drill"
 say "step 4: restore drill of shop/app: $(echo "$drill" | json 'd["message"]')"
 
 say "dashboard: http://127.0.0.1:$HTTP_PORT/"
